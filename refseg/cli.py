@@ -1,0 +1,56 @@
+"""The `refseg` command: one sub-command per module in `refseg.commands`.
+
+Each command module defines ``add_arguments(parser)`` and ``run(args) -> int`` and keeps
+its top level free of heavy imports; ``run`` imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from refseg.errors import RefsegError
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "data": ("refseg.commands.data", "count and verify a downloaded benchmark"),
+    "synth": ("refseg.commands.synth", "generate the synthetic benchmark"),
+    "score": ("refseg.commands.score", "score a predictions file against a split"),
+    "train": ("refseg.commands.train", "train a model from a config"),
+    "eval": ("refseg.commands.eval", "evaluate a checkpoint on a split"),
+    "predict": ("refseg.commands.predict", "run a checkpoint on images and a sentence"),
+    "demo": ("refseg.commands.demo", "synthesise, train, evaluate and report"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refseg", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # command not available in this build
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except RefsegError as exc:
+        print(f"refseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"refseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

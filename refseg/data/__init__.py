@@ -1,0 +1,1 @@
+"""Benchmarks: readers of the published formats, samples, masks, the synthetic benchmark."""

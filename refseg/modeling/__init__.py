@@ -1,0 +1,1 @@
+"""Shared model components (one folder per role) and the contracts where they meet."""
