@@ -1,0 +1,77 @@
+"""Restricted unpickling of foreign pickles (refs files, model-zoo ``.pkl`` weights).
+
+Plain ``pickle.load`` runs any code a file names; these loaders admit only plain data.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+from refseg.errors import DataError
+
+# What plain-data pickles (refs(unc).p, grefs(unc).p, refs(final).p) may reference.
+_PLAIN = {
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "complex"),
+    ("collections", "OrderedDict"),
+    ("__builtin__", "set"),  # Python 2 pickles
+    ("copy_reg", "_reconstructor"),
+}
+
+# Additionally admitted for numpy arrays inside a pickle (Mask2Former model-zoo .pkl).
+_NUMPY = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, allowed: set[tuple[str, str]], source: str):
+        super().__init__(file, encoding="latin1")
+        self._allowed = allowed
+        self._source = source
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._allowed:
+            raise DataError(
+                f"{self._source}: pickle references {module}.{name}; only plain data is "
+                "loaded (refusing to run code from a pickle)"
+            )
+        if module == "copy_reg":
+            module = "copyreg"
+        elif module == "__builtin__":
+            module = "builtins"
+        return super().find_class(module, name)
+
+
+def load_pickle(path: str | Path, *, allow_numpy: bool = False):
+    """Load a pickle that may hold only containers, scalars and (optionally) numpy arrays.
+
+    Args:
+        path: the pickle file.
+        allow_numpy: also admit numpy arrays and dtypes (model-zoo weights).
+
+    Raises:
+        DataError: the file is missing, truncated, or references anything else.
+    """
+    path = Path(path)
+    allowed = _PLAIN | _NUMPY if allow_numpy else _PLAIN
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data), allowed, str(path)).load()
+    except DataError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: not a readable pickle ({exc})") from None
