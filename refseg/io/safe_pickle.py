@@ -29,6 +29,7 @@ _NUMPY = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),  # protocol-2 pickles store array bytes as latin-1 text
 }
 
 
