@@ -1,0 +1,171 @@
+"""Run configuration: typed dataclasses, `key=value` overrides, JSON round trip.
+
+A run is ``RunConfig(method, model, data, train)``; ``model`` is the method's own config
+dataclass (defaults = the paper's main setting). Named variants ("instalign-tiny", ...)
+are functions in the methods' modules, registered in `refseg.methods.registry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from refseg.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the benchmark is and how samples become network inputs."""
+
+    format: str = "grefcoco"
+    root: str = ""  # folder with the refs file and instances.json
+    images: str = ""  # image folder
+    split_by: str = ""  # "" = the format's default
+    train_split: str = "train"
+    val_split: str = "val"
+    image_size: int = 480  # square network input side S
+    max_text_length: int = 20
+    nsc_prob: float = 0.0  # non-referent sample conversion (DeRIS NSC), 0 = off
+    num_workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, logging and checkpointing."""
+
+    optimizer: str = "adamw"  # adamw | adam
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    batch_size: int = 32
+    epochs: int = 20
+    lr_schedule: str = "linear"  # linear decay to 0 | step | constant
+    lr_steps: tuple[int, ...] = ()  # epochs at which "step" multiplies by lr_gamma
+    lr_gamma: float = 0.1
+    warmup_iters: int = 0
+    grad_clip: float = 0.0  # max grad norm, 0 = off
+    amp: str = "none"  # none | bf16 | fp16 (GPU only)
+    max_minutes: float = 0.0  # time budget, 0 = none
+    max_iters: int = 0  # 0 = epochs decide
+    eval_every: int = 0  # iterations between validations, 0 = end of each epoch
+    eval_max_samples: int = 0  # 0 = whole val split
+    checkpoint_every: int = 500  # iterations
+    log_every: int = 20
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class RunConfig:
+    method: str
+    model: Any
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _coerce(value: str, annotation, key: str):
+    """Parse ``value`` (the text after '=') into ``annotation``'s type or raise."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value.lower() in ("none", "null"):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is tuple:
+        (item,) = typing.get_args(annotation)[:1]
+        parts = [p for p in value.strip("()[] ").split(",") if p.strip()]
+        return tuple(_coerce(p.strip(), item, key) for p in parts)
+    try:
+        if annotation is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if annotation in (int, float, str):
+            return annotation(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value}: expected {annotation.__name__}") from None
+    raise ConfigError(f"{key}: cannot override a field of type {annotation}")
+
+
+def _field_types(obj) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.key=value`` overrides in place; unknown keys are an error."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{item!r}: overrides are key=value (e.g. train.lr=1e-4)")
+        dotted, value = item.split("=", 1)
+        *path, name = dotted.strip().split(".")
+        target = config
+        for part in path:
+            if not dataclasses.is_dataclass(target) or part not in _field_types(target):
+                raise ConfigError(f"{dotted}: unknown config key {part!r}")
+            target = getattr(target, part)
+        fields = _field_types(target) if dataclasses.is_dataclass(target) else {}
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{dotted}: unknown config key {name!r} (known: {known})")
+        if dataclasses.is_dataclass(getattr(target, name)):
+            raise ConfigError(f"{dotted}: is a section; set one of its keys")
+        setattr(target, name, _coerce(value, fields[name], dotted))
+    return config
+
+
+def to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _from_dict(cls, data: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown config keys {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        annotation = fields[name]
+        if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
+            value = _from_dict(annotation, value, f"{where}.{name}")
+        elif typing.get_origin(annotation) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, model_class: type, where: str = "config") -> RunConfig:
+    """Rebuild a RunConfig saved by `to_dict`; ``model_class`` is the method's config."""
+    try:
+        return RunConfig(
+            method=data["method"],
+            model=_from_dict(model_class, data["model"], f"{where}: model"),
+            data=_from_dict(DataConfig, data.get("data", {}), f"{where}: data"),
+            train=_from_dict(TrainConfig, data.get("train", {}), f"{where}: train"),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"{where}: missing key {exc}") from None
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def save(config: RunConfig, path: str | Path) -> None:
+    from refseg.io.atomic import write_json
+
+    write_json(path, to_dict(config))
+
+
+def load_json(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None

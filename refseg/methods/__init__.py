@@ -1,0 +1,1 @@
+"""The methods refseg hosts; each folder holds only what is new in it and its assembly."""
