@@ -26,6 +26,8 @@ class RefDataset:
         anns: annotation id -> annotation, for every annotation a sample uses.
         image_root: folder the images live in (None when not given).
         source: the refs file the split was read from (for error messages).
+        skipped: what the reader left out, by reason (``refs_without_sentences``,
+            ``crowd_only_sentences``: target sentences whose referents are all crowd).
     """
 
     format: str
@@ -35,6 +37,7 @@ class RefDataset:
     anns: dict[int, Annotation]
     image_root: Path | None = None
     source: Path | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
     _rle_cache: dict[int, RLE] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
