@@ -84,7 +84,7 @@ def ref_record(ref_id, image_id, ann_id, split, sentences, **extra) -> dict:
         "image_id": image_id,
         "category_id": 1,
         "split": split,
-        "sent_ids": [s["sent_id"] for s in sentences],
+        "sent_ids": [s.get("sent_id") for s in sentences],
         "file_name": f"COCO_train2014_{image_id:012d}_{ref_id}.jpg",
         "sentences": sentences,
         **extra,

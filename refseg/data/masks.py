@@ -10,6 +10,7 @@ past the end of the output buffer. Every RLE from a file is therefore checked he
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral, Real
 from typing import Any
 
@@ -162,14 +163,14 @@ def mask_to_rle(mask: np.ndarray) -> RLE:
 
 def rle_to_mask(rle: RLE) -> np.ndarray:
     """(H, W) bool mask of a checked RLE."""
-    return mask_utils.decode(_for_coco(rle)).astype(bool)
+    return _decode([rle])[:, :, 0].astype(bool)
 
 
 def decode_rles(rles: list[RLE], h: int, w: int) -> np.ndarray:
     """(N, H, W) uint8 masks of N checked RLEs of size (h, w); (0, H, W) when N = 0."""
     if not rles:
         return np.zeros((0, h, w), dtype=np.uint8)
-    stacked = mask_utils.decode([_for_coco(r) for r in rles])  # (H, W, N), Fortran order
+    stacked = _decode(rles)  # (H, W, N), Fortran order
     return np.ascontiguousarray(stacked.transpose(2, 0, 1))
 
 
@@ -205,6 +206,13 @@ def box_of_mask(mask: np.ndarray) -> tuple[float, float, float, float]:
     if rows.size == 0:
         return (0.0, 0.0, 0.0, 0.0)
     return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+
+
+def _decode(rles: list[RLE]) -> np.ndarray:
+    """(H, W, N) uint8 via pycocotools, without its numpy-2 ``copy=False`` warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode([_for_coco(r) for r in rles])
 
 
 def _for_coco(rle: RLE) -> dict:

@@ -1,0 +1,286 @@
+"""Readers of the four published layouts, on tiny hand-written benchmarks (tests/builders.py)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+from builders import (
+    EXPECTED,
+    IMAGES,
+    RECTS,
+    ann_record,
+    annotations,
+    image_record,
+    rect,
+    rect_mask,
+    ref_record,
+    sentence,
+    tiny_benchmark,
+    write_instances,
+    write_refs,
+)
+
+from refseg.data.load import load_split, load_splits, refs_file
+from refseg.errors import DataError
+
+SIZES = {rec["id"]: (rec["height"], rec["width"]) for rec in IMAGES}
+
+
+@pytest.mark.parametrize("fmt", sorted(EXPECTED))
+def test_samples_referents_and_split_order(fmt, tmp_path):
+    data = tiny_benchmark(fmt, tmp_path)
+    splits = load_splits(fmt, data)
+    assert list(splits) == list(EXPECTED[fmt])  # file order
+    for name, ds in splits.items():
+        assert ds.format == fmt and ds.split == name
+        assert {s.sent_id: s.ann_ids for s in ds.samples} == EXPECTED[fmt][name]
+        for s in ds.samples:
+            assert s.split == name
+            assert s.no_target == (s.ann_ids == ())
+            assert s.is_multi == (len(s.ann_ids) >= 2)
+            assert set(s.ann_ids) <= set(ds.anns) and s.image_id in ds.images
+        single = load_split(fmt, data, name)
+        assert single.samples == ds.samples
+
+
+@pytest.mark.parametrize("fmt", sorted(EXPECTED))
+def test_masks_and_boxes_match_the_drawn_rectangles(fmt, tmp_path):
+    for ds in load_splits(fmt, tiny_benchmark(fmt, tmp_path)).values():
+        for s in ds.samples:
+            h, w = SIZES[s.image_id]
+            rects = [r for a in s.ann_ids for r in RECTS[a]]
+            merged = ds.merged_rle(s)
+            assert merged["size"] == [h, w]
+            from refseg.data.masks import rle_to_mask
+
+            np.testing.assert_array_equal(rle_to_mask(merged), rect_mask(h, w, *rects))
+            inst = ds.instance_masks(s)
+            assert inst.shape == (len(s.ann_ids), h, w)
+            for m, a in zip(inst, s.ann_ids):
+                np.testing.assert_array_equal(m.astype(bool), rect_mask(h, w, *RECTS[a]))
+            boxes = ds.instance_boxes(s)
+            assert boxes.shape == (len(s.ann_ids), 4)
+
+
+def test_overlapping_polygons_are_united(tmp_path):
+    ds = load_split("grefcoco", tiny_benchmark("grefcoco", tmp_path), "train")
+    s = ds.by_sent_id[1]  # referents 11 and 12; 12 is two overlapping rectangles
+    mask = ds.instance_masks(s)[1].astype(bool)
+    overlap = rect_mask(20, 30, (16, 8, 20, 12))
+    assert mask[overlap].all()
+    assert mask.sum() == 8 * 8 + 8 * 8 - 4 * 4
+
+
+def test_crowd_is_removed_from_masks_and_boxes(tmp_path):
+    ds = load_split("grefcoco", tiny_benchmark("grefcoco", tmp_path), "val")
+    s = ds.by_sent_id[5]  # ann_id [11, 13]; 13 is crowd
+    assert s.ann_ids == (11,)
+    np.testing.assert_array_equal(ds.instance_boxes(s), [[2, 2, 10, 8]])
+    assert 13 not in ds.anns
+    # ann_id [13] only: dropped, neither a target without a mask nor a false no-target.
+    assert 6 not in ds.by_sent_id
+    assert ds.skipped == {"refs_without_sentences": 0, "crowd_only_sentences": 1}
+
+
+def test_crowd_rule_is_the_same_for_refcoco(tmp_path):
+    ds = load_split("refcoco", tiny_benchmark("refcoco", tmp_path), "val")
+    assert 9 not in ds.by_sent_id
+    assert ds.skipped == {"refs_without_sentences": 1, "crowd_only_sentences": 1}
+
+
+def test_refzom_zero_ignores_ann_id(tmp_path):
+    ds = load_split("refzom", tiny_benchmark("refzom", tmp_path), "test")
+    assert ds.by_sent_id[3].no_target and ds.by_sent_id[4].no_target  # ann_id [999] is absent
+    assert ds.merged_rle(ds.by_sent_id[3])["size"] == [16, 16]
+    assert ds.instance_masks(ds.by_sent_id[3]).shape == (0, 16, 16)
+
+
+def test_rrefcoco_exist_false_is_no_target(tmp_path):
+    ds = load_split("rrefcoco", tiny_benchmark("rrefcoco", tmp_path), "train")
+    assert ds.by_sent_id[2].no_target and ds.by_sent_id[2].ref_id == 1
+    assert ds.by_sent_id[1].ann_ids == (11,) and ds.by_sent_id[3].ann_ids == (12,)
+    from refseg.data.masks import rle_area
+
+    assert rle_area(ds.merged_rle(ds.by_sent_id[2])) == 0
+
+
+def test_sentence_text_images_and_file_name_suffix(tmp_path):
+    data = tiny_benchmark("grefcoco", tmp_path)
+    ds = load_split("grefcoco", data, "train", images=tmp_path)
+    assert ds.by_sent_id[1].sentence == "both boxes"
+    # refs carry "..._1.jpg"; the image is resolved by image_id through instances.json.
+    assert ds.image_path(ds.by_sent_id[1]) == tmp_path / "COCO_train2014_000000000001.jpg"
+    assert ds.source == data / "grefs(unc).json"
+
+
+def test_raw_is_the_fallback_sentence_text(tmp_path):
+    s = sentence(1, "the raw text")
+    del s["sent"]
+    write_instances(tmp_path, IMAGES, annotations())
+    write_refs(tmp_path / "refs(unc).p", [ref_record(1, 1, 11, "val", [s])])
+    assert load_split("refcoco", tmp_path, "val").samples[0].sentence == "the raw text"
+
+
+def test_grefcoco_pickle_and_json(tmp_path):
+    pickled = tiny_benchmark("grefcoco", tmp_path / "p", refs_name="grefs(unc).p")
+    from_pickle = load_splits("grefcoco", pickled)
+    from_json = load_splits("grefcoco", tiny_benchmark("grefcoco", tmp_path / "j"))
+    assert {k: v.samples for k, v in from_pickle.items()} == {k: v.samples for k, v in from_json.items()}
+    (pickled / "grefs(unc).json").write_text("[]")  # JSON wins when both are there
+    assert refs_file("grefcoco", pickled).name == "grefs(unc).json"
+
+
+def test_plain_data_pickles_with_python2_markers_load(tmp_path):
+    write_instances(tmp_path, IMAGES, annotations())
+    refs = [OrderedDict(ref_record(1, 1, 11, "val", [sentence(1, "a")]))]
+    (tmp_path / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    assert len(load_split("refcoco", tmp_path, "val")) == 1
+
+
+# --- which refs file ---------------------------------------------------------------------
+
+
+def test_refs_file_defaults(tmp_path):
+    write_instances(tmp_path, IMAGES, annotations())
+    write_refs(tmp_path / "refs(umd).p", [])
+    assert refs_file("refcoco", tmp_path).name == "refs(umd).p"  # the only one
+    write_refs(tmp_path / "refs(google).p", [])
+    with pytest.raises(DataError, match=r"several refs files \(refs\(google\)\.p, refs\(umd\)\.p\)"):
+        refs_file("rrefcoco", tmp_path)
+    assert refs_file("refcoco", tmp_path, "google").name == "refs(google).p"
+    write_refs(tmp_path / "refs(unc).p", [])
+    assert refs_file("refcoco", tmp_path).name == "refs(unc).p"  # unc when present
+    with pytest.raises(DataError, match=r"no refs\(final\)\.p \(found: instances\.json, refs"):
+        refs_file("refzom", tmp_path)
+    with pytest.raises(DataError, match=r"no grefs\(unc\)\.json or grefs\(unc\)\.p"):
+        refs_file("grefcoco", tmp_path)
+    with pytest.raises(DataError, match=r"no refs\(umc\)\.p"):
+        refs_file("refcoco", tmp_path, "umc")
+    with pytest.raises(DataError, match="unknown format 'coco'"):
+        refs_file("coco", tmp_path)
+
+
+# --- errors: one line, naming file and id/field ------------------------------------------
+
+
+def _write(tmp_path, refs, *, images=None, anns=None, name="refs(unc).p"):
+    write_instances(tmp_path, IMAGES if images is None else images, annotations() if anns is None else anns)
+    write_refs(tmp_path / name, refs)
+    return tmp_path
+
+
+def _error(fmt, data, split="val", **kw) -> str:
+    with pytest.raises(DataError) as info:
+        load_split(fmt, data, split, **kw)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_files(tmp_path):
+    assert "no such folder" in _error("refcoco", tmp_path / "nowhere")
+    write_refs(tmp_path / "refs(unc).p", [])
+    assert _error("refcoco", tmp_path).endswith("instances.json: file not found (COCO annotations of refs(unc).p)")
+    tiny_benchmark("refcoco", tmp_path)
+    assert "no such image folder" in _error("refcoco", tmp_path, images=tmp_path / "imgs")
+
+
+def test_unknown_split_lists_the_available_ones(tmp_path):
+    data = tiny_benchmark("refzom", tmp_path)
+    assert "no split 'val' (available: train, test)" in _error("refzom", data, "val")
+
+
+def test_refs_file_of_another_format(tmp_path):
+    # gRefCOCO records (ann_id lists) saved under RefCOCO's name.
+    tiny_benchmark("grefcoco", tmp_path, refs_name="refs(unc).p")
+    msg = _error("refcoco", tmp_path, "train")
+    assert "refs(unc).p: ref 1: ann_id is a list" in msg and "--format grefcoco" in msg
+    tiny_benchmark("rrefcoco", tmp_path)
+    assert "use --format rrefcoco" in _error("refcoco", tmp_path, "train")
+    tiny_benchmark("refzom", tmp_path, refs_name="refs(unc).p")
+    assert "ref 1: has a 'source' field" in _error("refcoco", tmp_path, "train")
+    tiny_benchmark("refcoco", tmp_path, refs_name="refs(final).p")
+    assert "ref 1: missing field 'source'" in _error("refzom", tmp_path, "train")
+
+
+@pytest.mark.parametrize("field", ["ref_id", "image_id", "ann_id", "split", "sentences"])
+def test_missing_ref_field_names_field_and_ref(field, tmp_path):
+    ref = ref_record(17, 1, 11, "val", [sentence(1, "a")])
+    del ref[field]
+    msg = _error("refcoco", _write(tmp_path, [ref]))
+    assert f"missing field '{field}'" in msg
+    if field != "ref_id":
+        assert "ref 17" in msg
+
+
+def test_ids_that_do_not_resolve(tmp_path):
+    msg = _error("refcoco", _write(tmp_path, [ref_record(4, 1, 55, "val", [sentence(1, "a")])]))
+    assert "refs(unc).p: ref 4: ann_id 55 not in" in msg and "instances.json" in msg
+    msg = _error("refcoco", _write(tmp_path, [ref_record(4, 9, 11, "val", [sentence(1, "a")])]))
+    assert "ref 4: image_id 9 not in" in msg
+    msg = _error("refcoco", _write(tmp_path, [ref_record(4, 2, 11, "val", [sentence(1, "a")])]))
+    assert "ref 4: ann_id 11 lies on image 1, the ref on 2" in msg
+    orphan = annotations() + [ann_record(70, 99, [rect(0, 0, 2, 2)])]
+    data = _write(tmp_path, [ref_record(4, 1, 70, "val", [sentence(1, "a")])], anns=orphan)
+    assert "instances.json: annotation 70: image_id 99 not in 'images'" in _error("refcoco", data)
+    bad_image = [image_record(1, 20, 30), {"id": 2, "file_name": "x.jpg", "width": 4}]
+    data = _write(tmp_path, [ref_record(4, 2, 21, "val", [sentence(1, "a")])], images=bad_image)
+    assert "instances.json: image 2: missing field 'height'" in _error("refcoco", data)
+
+
+def test_duplicate_sent_ids(tmp_path):
+    refs = [
+        ref_record(1, 1, 11, "val", [sentence(5, "a")]),
+        ref_record(2, 1, 12, "val", [sentence(5, "b")]),
+    ]
+    assert "ref 2: sent_id 5: duplicate sent_id (also in ref 1" in _error("refcoco", _write(tmp_path, refs))
+    refs[1]["split"] = "train"  # ids are unique per split: scoring keys predictions by them
+    assert len(load_split("refcoco", _write(tmp_path, refs), "val")) == 1
+
+
+def test_malformed_sentences_and_ann_ids(tmp_path):
+    s = sentence(1, "a")
+    del s["sent"], s["raw"]
+    assert "sent_id 1: missing field 'sent'" in _error("refcoco", _write(tmp_path, [ref_record(3, 1, 11, "val", [s])]))
+    s = sentence(1, "a")
+    del s["sent_id"]
+    ref = ref_record(3, 1, 11, "val", [s])
+    ref["sent_ids"] = [44]  # the ref's sent_ids stand in
+    assert load_split("refcoco", _write(tmp_path, [ref]), "val").samples[0].sent_id == 44
+    del ref["sent_ids"]
+    assert "ref 3: sentence 0 has no 'sent_id'" in _error("refcoco", _write(tmp_path, [ref]))
+    mixed = [ref_record(3, 1, [-1, 11], "val", [sentence(1, "a")])]
+    assert "ref 3: ann_id [-1, 11]: expected [-1]" in _error("grefcoco", _write(tmp_path, mixed, name="grefs(unc).json"))
+    text_id = [ref_record(3, 1, ["11"], "val", [sentence(1, "a")])]
+    assert "holds a non-integer" in _error("grefcoco", _write(tmp_path, text_id, name="grefs(unc).json"))
+    zom = [ref_record(3, 1, 11, "val", [sentence(1, "a")], source="few")]
+    assert "source 'few' is not one of" in _error("refzom", _write(tmp_path, zom, name="refs(final).p"))
+    exist = [ref_record(3, 1, 11, "val", [sentence(1, "a", exist="no")])]
+    assert "'exist' must be a bool" in _error("rrefcoco", _write(tmp_path, exist))
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    write_instances(tmp_path, IMAGES, annotations())
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "refs(unc).p").write_bytes(pickle.dumps([Evil()]))
+    assert "pickle references builtins.print" in _error("refcoco", tmp_path)
+    (tmp_path / "refs(unc).p").write_bytes(b"\x80\x02]q\x00(")  # truncated
+    assert "not a readable pickle" in _error("refcoco", tmp_path)
+
+
+def test_refs_file_that_is_not_a_list_of_records(tmp_path):
+    write_instances(tmp_path, IMAGES, annotations())
+    (tmp_path / "grefs(unc).json").write_text(json.dumps({"refs": []}))
+    assert "expected a list of refs, got dict" in _error("grefcoco", tmp_path)
+    (tmp_path / "grefs(unc).json").write_text("[1, 2]")
+    assert "ref #0 is a int, not a record" in _error("grefcoco", tmp_path)
+    (tmp_path / "grefs(unc).json").write_text("[{")
+    assert "not valid JSON" in _error("grefcoco", tmp_path)
