@@ -62,7 +62,8 @@ def reference_forward(sd, images, ids, pad, *, patch, heads, eps=1e-5):
     p = lambda k: sd["beit3." + k]  # noqa: E731
     parts, split = [], 0
     if images is not None:
-        x = F.conv2d(images, p("vision_embed.proj.weight"), p("vision_embed.proj.bias"), stride=patch)
+        w, bias = p("vision_embed.proj.weight"), p("vision_embed.proj.bias")
+        x = F.conv2d(images, w, bias, stride=patch)
         x = x.flatten(2).transpose(1, 2)
         x = torch.cat([p("vision_embed.cls_token").expand(x.shape[0], -1, -1), x], 1)
         x = x + p("encoder.embed_positions.A.weight")[2 : 2 + x.shape[1]]
@@ -194,13 +195,14 @@ def test_other_layouts_fail_with_a_key_report(tmp_path):
     )
     write_state(tmp_path / "renamed.pth", renamed)
     with pytest.raises(
-        CheckpointError, match=r"1 missing, e\.g\. layers\.0\.attn\.q_proj\.vision\.weight; 1 unexpected, e\.g\. .*qq_proj"
+        CheckpointError,
+        match=r"1 missing, e\.g\. layers\.0\.attn\.q_proj\.vision\.weight; 1 unexpected, .*qq_proj",
     ):
         load_beit3(tiny(), tmp_path / "renamed.pth")
 
     missing = {k: v for k, v in state.items() if "final_layer_norm.B.bias" not in k}
     write_state(tmp_path / "missing.pth", missing)
-    with pytest.raises(CheckpointError, match=r"2 missing, e\.g\. layers\.0\.ffn_norm\.language\.bias"):
+    with pytest.raises(CheckpointError, match=r"2 missing, e\.g\. layers\.0\.ffn_norm\.language"):
         load_beit3(tiny(), tmp_path / "missing.pth")
 
     swin = {
@@ -209,11 +211,11 @@ def test_other_layouts_fail_with_a_key_report(tmp_path):
         "norm.weight": torch.zeros(768),
     }
     write_state(tmp_path / "swin.pth", swin)
-    with pytest.raises(CheckpointError, match=r"swin\.pth: keys do not match the model \(90 missing") as err:
+    with pytest.raises(CheckpointError, match=r"swin\.pth: keys do not match .*\(90 missing") as err:
         load_beit3(tiny(), tmp_path / "swin.pth")
     assert "outside prefix 'beit3.': 3 keys" in str(err.value)
 
-    with pytest.raises(CheckpointError, match=r"78 of the wrong shape, e\.g\. beit3\.vision_embed\.cls_token"):
+    with pytest.raises(CheckpointError, match=r"78 of the wrong shape, e\.g\. beit3\.vision_embed"):
         load_beit3(tiny(dim=48), tmp_path / "ok.pth")  # base checkpoint into large
 
 
@@ -312,7 +314,8 @@ def spm_path(tmp_path_factory):
 
     prefix = tmp_path_factory.mktemp("spm") / "beit3"
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(SENTENCES), model_prefix=str(prefix), vocab_size=40, hard_vocab_limit=False,
+        sentence_iterator=iter(SENTENCES), model_prefix=str(prefix), vocab_size=40,
+        hard_vocab_limit=False,
         character_coverage=1.0, minloglevel=2,
     )
     return prefix.with_suffix(".model")
@@ -355,7 +358,8 @@ def test_tokenizer_save_load_and_bad_files(spm_path, tmp_path):
 
     prefix = tmp_path / "other"  # ids of another layout: no <s>/</s> control pieces
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(SENTENCES), model_prefix=str(prefix), vocab_size=30, hard_vocab_limit=False,
+        sentence_iterator=iter(SENTENCES), model_prefix=str(prefix), vocab_size=30,
+        hard_vocab_limit=False,
         bos_id=-1, eos_id=-1, unk_id=0, minloglevel=2,
     )
     with pytest.raises(CheckpointError, match="not an XLM-R style"):

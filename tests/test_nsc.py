@@ -97,7 +97,7 @@ def test_deterministic_and_order_independent():
 
 
 def test_from_samples_pool():
-    samples = [sample(image_id=1, sentence="red car"), sample(image_id=2, sentence="man on a horse")]
+    samples = [sample(1, "red car"), sample(2, "man on a horse")]
     nsc = NonReferentConversion.from_samples(samples, p=1.0)
     assert nsc(samples[0], index=0).sentence == "man on a horse"
     assert nsc(samples[1], index=0) == samples[1]  # "red car" is too short

@@ -48,7 +48,8 @@ def beit3_key_map(depth: int) -> dict[str, str]:
         experts(f"{theirs}.final_layer_norm", f"{ours}.ffn_norm", wb)
         # The FFN puts the expert letter before its sub-modules (ffn.A.fc1) and calls its
         # sub-LN ffn_layernorm.
-        experts(f"{theirs}.ffn", f"{ours}.ffn", ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"))
+        fcs = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+        experts(f"{theirs}.ffn", f"{ours}.ffn", fcs)
         for letter, expert in _EXPERTS.items():
             for leaf in wb:
                 keys[f"{theirs}.ffn.{letter}.ffn_layernorm.{leaf}"] = (
