@@ -1,0 +1,39 @@
+"""`refseg train CONFIG [key=value ...]`: train a model (one process or under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a named config (e.g. instalign-tiny) or a run's config.json")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="type-checked overrides, e.g. train.lr=5e-4 data.root=data/synth (unknown keys are errors)",
+    )
+    parser.add_argument("--out", help="run directory (default: runs/<config name>)")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in --out from its last checkpoint (starts fresh when there is none)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from refseg.engine.trainer import resolve_config, train
+
+    config = resolve_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run: {result.run_dir} ({result.iteration} iterations, stopped: {result.stopped})")
+        print(f"checkpoint: {result.checkpoint}")
+        if result.metrics is not None:
+            from refseg.engine.evaluate import format_metrics
+
+            print(format_metrics(config.data.format, result.metrics))
+    return 0

@@ -1,0 +1,72 @@
+"""Network-resolution decisions -> results at the original image size.
+
+Probabilities (not binary masks) are upsampled bilinearly and thresholded afterwards, so
+the mask edge is placed at sub-pixel precision of the network's output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from refseg.data.types import Instance, RefResult
+from refseg.modeling.base import Decision, Thresholds
+
+
+def upsample_probs(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize of probabilities.
+
+    Args:
+        probs: (K, S', S') probabilities.
+
+    Returns:
+        (K, H, W) probabilities at the original size.
+    """
+    if probs.shape[0] == 0:
+        return probs.new_zeros((0, height, width))
+    return F.interpolate(
+        probs[:, None].float(), size=(height, width), mode="bilinear", align_corners=False
+    )[:, 0]
+
+
+def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
+    """Tight xyxy boxes (COCO convention: x2 = last column + 1) of binary masks.
+
+    Args:
+        masks: (K, H, W) bool.
+
+    Returns:
+        (K, 4) float32; an empty mask gives (0, 0, 0, 0).
+    """
+    boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
+    for k, mask in enumerate(masks):
+        rows = np.flatnonzero(mask.any(axis=1))
+        cols = np.flatnonzero(mask.any(axis=0))
+        if rows.size:
+            boxes[k] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return boxes
+
+
+def to_result(decision: Decision, height: int, width: int, thresholds: Thresholds) -> RefResult:
+    """One sample's `Decision` -> `RefResult` at ``height`` x ``width``.
+
+    A no-target decision has an empty mask and no instances. Boxes come from the model
+    (normalised xyxy, scaled to pixels) or, when it gives none, from the instance masks.
+    """
+    if decision.no_target:
+        return RefResult(True, decision.no_target_score, np.zeros((height, width), bool), [])
+    merged = upsample_probs(decision.mask_prob[None], height, width)[0] >= thresholds.mask
+    inst = upsample_probs(decision.instance_probs, height, width) >= thresholds.mask
+    inst_masks = inst.cpu().numpy()
+    if decision.instance_boxes is not None:
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        boxes = (decision.instance_boxes.detach().float().cpu() * scale).numpy()
+    else:
+        boxes = boxes_from_masks(inst_masks)
+    scores = decision.instance_scores.detach().float().cpu().tolist()
+    instances = [
+        Instance(box=tuple(float(v) for v in boxes[k]), score=float(scores[k]), mask=inst_masks[k])
+        for k in range(inst_masks.shape[0])
+    ]
+    return RefResult(False, decision.no_target_score, merged.cpu().numpy(), instances)

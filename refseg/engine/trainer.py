@@ -1,0 +1,402 @@
+"""Training, written once for every method against `RefSegModel`.
+
+One process or `torchrun --nproc_per_node N` (DistributedDataParallel); bf16/fp16 autocast
+on GPU; gradient clipping; the config's optimiser and per-iteration LR schedule; a time
+budget; periodic validation; atomic checkpoints every ``train.checkpoint_every``
+iterations. A resumed run restores weights, optimiser, scheduler, data position and RNG
+states, and the data order depends only on (seed, epoch), so it ends with the weights the
+uninterrupted run would have had.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from refseg import config as config_io
+from refseg.config import RunConfig
+from refseg.engine import checkpoint, distributed
+from refseg.engine.data import Collate, EpochBatches, RefSegData, loader
+from refseg.engine.evaluate import predict_split, score, subset
+from refseg.engine.runlog import RunLog
+from refseg.engine.schedule import build_optimizer, build_scheduler
+from refseg.errors import ConfigError, DataError, RefsegError
+
+# Keys a resumed run may change: they do not alter the computation.
+RESUMABLE_CHANGES = {
+    "train.max_minutes",
+    "train.device",
+    "train.eval_every",
+    "train.eval_max_samples",
+    "train.checkpoint_every",
+    "train.log_every",
+    "data.num_workers",
+    "data.root",
+    "data.images",
+}
+
+# The validation metric that selects the ``best`` checkpoint, per format.
+PRIMARY_METRIC = {"grefcoco": "gIoU", "refcoco": "oIoU", "refzom": "oIoU", "rrefcoco": "mIoU"}
+
+
+class NonFiniteLoss(RefsegError):
+    """The loss or the gradients became NaN/inf; names the iteration and the batch."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or time-boxed) run left behind.
+
+    Attributes:
+        run_dir: the run directory.
+        iteration: optimiser steps done.
+        checkpoint: the last checkpoint written.
+        metrics: the final validation metrics (None without a validation split).
+        stopped: ``"done"`` or ``"time budget"``.
+    """
+
+    run_dir: Path
+    iteration: int
+    checkpoint: Path | None
+    metrics: dict | None
+    stopped: str
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def flat_config(config: RunConfig) -> dict:
+    """``{"train.lr": 1e-4, "model.thresholds.mask": 0.5, ...}`` of a run config."""
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, sub)
+        else:
+            out[prefix] = value
+
+    walk("", config_io.to_dict(config))
+    return out
+
+
+def resolve_config(spec: str, overrides: list[str]) -> RunConfig:
+    """A named config (``instalign-tiny``) or a saved config.json, with ``key=value``
+    overrides applied (type-checked; an unknown key is an error)."""
+    from refseg.methods.registry import get_method, variant
+
+    path = Path(spec)
+    if path.suffix == ".json" or path.is_file():
+        data = config_io.load_json(path)
+        if not isinstance(data, dict) or "method" not in data:
+            raise ConfigError(f"{path}: not a refseg run config (no 'method')")
+        config = config_io.from_dict(data, get_method(data["method"]).config_class, where=str(path))
+    else:
+        config = variant(spec)
+    return config_io.apply_overrides(config, list(overrides))
+
+
+def check_resumable(config: RunConfig, saved: RunConfig, where: Path) -> None:
+    """A resumed run must compute what the killed one did (a few keys may change)."""
+    new, old = flat_config(config), flat_config(saved)
+    changed = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        raise ConfigError(f"{where}: --resume with a config that differs from the run's ({diffs})")
+
+
+class Trainer:
+    """One training run in ``run_dir``; call `run`.
+
+    Args:
+        config: the resolved run config.
+        run_dir: where config.json, checkpoints/, metrics.jsonl, tensorboard/ and
+            curves.png go.
+        ctx: this process's rank and device (`refseg.engine.distributed.init`).
+        resume: continue from ``run_dir/checkpoints/last`` if there is one.
+        progress: show a progress bar (rank 0).
+    """
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, ctx: distributed.DistContext, *, resume: bool = False, progress: bool = True):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.ctx = ctx
+        self.progress = progress
+        self.checkpoints = checkpoint.CheckpointDir(self.run_dir / "checkpoints")
+        cfg = config.train
+        self._check_config()
+        self.start_time = time.monotonic()
+        self.train_set, self.val_set = self._load_data()
+
+        resume_from = self.checkpoints.last() if resume else None
+        if not resume and self.checkpoints.last() is not None:
+            raise ConfigError(
+                f"{self.run_dir}: already holds a run; pass --resume to continue it or choose another --out"
+            )
+        from refseg.methods.registry import get_method
+
+        method = get_method(config.method)
+        seed_everything(cfg.seed)
+        if resume_from is not None:
+            check_resumable(config, checkpoint.read_config(resume_from), resume_from / checkpoint.CONFIG)
+            self.tokenizer = checkpoint.load_tokenizer(resume_from, config)
+        else:
+            sentences = [s.sentence for s in self.train_set.samples]
+            self.tokenizer = method.build_tokenizer(config.model, config.data, sentences)
+        self.model = method.build_model(config.model, self.tokenizer)
+        if resume_from is not None:
+            checkpoint.load_weights(self.model, resume_from, config.method)
+        self.model.to(ctx.device).train()
+        self.thresholds = checkpoint.thresholds_of(config.model)
+
+        self.per_rank_batch = cfg.batch_size // ctx.world_size
+        self.batches = EpochBatches(
+            len(self.train_set), self.per_rank_batch, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
+        )
+        self.iters_per_epoch = self.batches.batches_per_epoch()
+        self.total_iters = cfg.max_iters or cfg.epochs * self.iters_per_epoch
+        self.optimizer = build_optimizer(self.model.param_groups(cfg.lr), cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_iters, self.iters_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and ctx.device.type == "cuda")
+        self.data = RefSegData(self.train_set, config.data.image_size, nsc=self._nsc())
+        self.collate = Collate(self.tokenizer)
+
+        self.iteration = self.epoch = self.position = 0
+        self.best = None  # best primary validation metric so far
+        if resume_from is not None:
+            self._restore(checkpoint.load_train_state(resume_from))
+        self.wrapped = self.model
+        if ctx.distributed:
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=True,  # ablations leave parts of a model unused
+            )
+        self.log = None
+        if ctx.is_main:
+            config_io.save(config, self.run_dir / "config.json")
+            self.log = RunLog(self.run_dir, resume_from=self.iteration if resume_from else None)
+
+    # ------------------------------------------------------------------------ setup
+    def _check_config(self) -> None:
+        cfg, data = self.config.train, self.config.data
+        if not data.root:
+            raise ConfigError("data.root is not set (the benchmark folder, e.g. data.root=data/synth)")
+        if cfg.amp not in ("none", "bf16", "fp16"):
+            raise ConfigError(f"train.amp={cfg.amp}: expected none, bf16 or fp16")
+        if cfg.amp != "none" and self.ctx.device.type != "cuda":
+            warnings.warn(f"train.amp={cfg.amp} is for GPUs; training in float32 on {self.ctx.device}")
+        if cfg.batch_size < self.ctx.world_size or cfg.batch_size % self.ctx.world_size:
+            raise ConfigError(
+                f"train.batch_size={cfg.batch_size}: must be a multiple of the {self.ctx.world_size} processes"
+            )
+        for key in ("checkpoint_every", "log_every"):
+            if getattr(cfg, key) < 1:
+                raise ConfigError(f"train.{key}={getattr(cfg, key)}: must be >= 1")
+
+    def _load_data(self):
+        from refseg.data.load import load_splits
+
+        data = self.config.data
+        splits = load_splits(data.format, data.root, split_by=data.split_by or None, images=data.images or None)
+        wanted = [data.train_split] + ([data.val_split] if data.val_split else [])
+        for name in wanted:
+            if name not in splits:
+                raise DataError(f"{data.root}: no split {name!r} (has {', '.join(splits)})")
+        val = splits[data.val_split] if data.val_split else None
+        if val is not None:
+            val = subset(val, self.config.train.eval_max_samples)
+        return splits[data.train_split], val
+
+    def _nsc(self):
+        if self.config.data.nsc_prob <= 0:
+            return None
+        from refseg.data.nsc import NonReferentConversion
+
+        return NonReferentConversion.from_samples(
+            self.train_set.samples, p=self.config.data.nsc_prob, seed=self.config.train.seed
+        )
+
+    def _restore(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration, self.epoch, self.position = state["iteration"], state["epoch"], state["position"]
+        self.best = state.get("best")
+        checkpoint.restore_rng(state["rng"])
+
+    def _train_state(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "epoch": self.epoch,
+            "position": self.position,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best": self.best,
+            "rng": checkpoint.capture_rng(),
+        }
+
+    # ------------------------------------------------------------------------ loop
+    def over_budget(self) -> bool:
+        budget = self.config.train.max_minutes
+        return budget > 0 and (time.monotonic() - self.start_time) / 60.0 >= budget
+
+    def step(self, batch) -> tuple[dict[str, torch.Tensor], bool]:
+        """One optimiser step; returns the detached loss terms and whether the time budget
+        is spent (agreed by all ranks)."""
+        cfg = self.config.train
+        batch = batch.to(self.ctx.device)
+        with distributed.autocast(self.ctx.device, cfg.amp):
+            outputs = self.wrapped(batch)
+            losses = self.model.loss(outputs, batch)
+        loss = losses["loss"]
+        nonfinite, over = distributed.any_rank([not bool(torch.isfinite(loss)), self.over_budget()], self.ctx.device)
+        if nonfinite:
+            raise self._nonfinite("loss", losses, batch.sent_ids)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        # fp16: the scaler skips steps with inf gradients by design; otherwise they are fatal.
+        if not self.scaler.is_enabled() and not bool(torch.isfinite(norm)):
+            raise self._nonfinite("gradient norm", losses, batch.sent_ids)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {k: v.detach().float() for k, v in losses.items()}, over
+
+    def _nonfinite(self, what: str, losses: dict, sent_ids: list[int]) -> NonFiniteLoss:
+        ids = [i for part in distributed.all_gather_object(list(sent_ids)) for i in part]
+        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        last = self.checkpoints.last()
+        kept = f"last checkpoint {last.resolve()} is intact" if last else "no checkpoint was written"
+        return NonFiniteLoss(
+            f"non-finite {what} at iteration {self.iteration + 1} (epoch {self.epoch}); "
+            f"batch sent_ids {ids}; losses {terms}; {kept}"
+        )
+
+    def run(self) -> TrainResult:
+        from tqdm import tqdm
+
+        cfg = self.config.train
+        bar = tqdm(
+            total=self.total_iters, initial=self.iteration, desc="train", unit="it",
+            disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True,
+        )
+        sums: dict[str, torch.Tensor] = {}
+        count, tick, metrics, stopped = 0, time.monotonic(), None, "done"
+        saved_at = self.iteration if self.iteration else -1  # a resumed run starts saved
+        evaluated_at = -1
+        try:
+            while self.iteration < self.total_iters and stopped == "done":
+                self.batches.set_epoch(self.epoch, self.position)
+                self.data.set_epoch(self.epoch)
+                seed = cfg.seed * 100_003 + self.epoch
+                for batch, _ in loader(self.data, self.batches, self.collate, num_workers=self.config.data.num_workers, seed=seed):
+                    losses, over = self.step(batch)
+                    self.iteration += 1
+                    self.position += 1
+                    epoch_end = self.position == self.iters_per_epoch
+                    if epoch_end:
+                        self.epoch, self.position = self.epoch + 1, 0
+                    for key, value in losses.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    count += 1
+                    bar.update(1)
+                    if self.iteration % cfg.log_every == 0 or self.iteration == self.total_iters:
+                        rate = count * cfg.batch_size / max(time.monotonic() - tick, 1e-9)
+                        self._log_train(sums, count, rate, bar)
+                        sums, count, tick = {}, 0, time.monotonic()
+                    done = self.iteration >= self.total_iters
+                    stopped = "time budget" if over and not done else "done"
+                    finish = done or stopped != "done"
+                    improved = False
+                    if self.val_set is not None and (finish or (cfg.eval_every and self.iteration % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end)):
+                        metrics, improved = self.validate()
+                        evaluated_at = self.iteration
+                    if finish or improved or self.iteration % cfg.checkpoint_every == 0:
+                        self.save(best=improved)
+                        saved_at = self.iteration
+                    if finish:
+                        break
+            if saved_at != self.iteration:  # a run with no iterations to do
+                self.save(best=False)
+            if self.val_set is not None and evaluated_at != self.iteration:
+                metrics, _ = self.validate()
+        finally:
+            bar.close()
+            if self.log is not None:
+                self.log.close()
+        if self.ctx.is_main:
+            from refseg.visualize import plot_curves
+
+            plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
+        distributed.barrier()
+        return TrainResult(self.run_dir, self.iteration, self.checkpoints.last(), metrics, stopped)
+
+    def _log_train(self, sums: dict, count: int, rate: float, bar) -> None:
+        values = {k: float(v) / count for k, v in sums.items()}
+        values["lr"] = self.optimizer.param_groups[0]["lr"]
+        values["samples_per_s"] = rate
+        if self.log is not None:
+            self.log.write(self.iteration, self.epoch, "train", values)
+        bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}", sps=f"{rate:.1f}")
+
+    def validate(self) -> tuple[dict | None, bool]:
+        """Metrics on the validation split (rank 0) and whether they beat the best so far."""
+        cfg = self.config
+        predictions = predict_split(
+            self.model,
+            self.tokenizer,
+            self.val_set,
+            image_size=cfg.data.image_size,
+            thresholds=self.thresholds,
+            ctx=self.ctx,
+            batch_size=self.per_rank_batch,
+            num_workers=cfg.data.num_workers,
+            amp=cfg.train.amp,
+            progress=self.progress,
+        )
+        if not self.ctx.is_main:
+            return None, False
+        metrics = score(self.val_set, predictions)
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.log.write(self.iteration, self.epoch, "val", numbers)
+        key = PRIMARY_METRIC.get(cfg.data.format)
+        value = numbers.get(key)
+        improved = value is not None and (self.best is None or value > self.best)
+        if improved:
+            self.best = value
+        return metrics, improved
+
+    def save(self, *, best: bool) -> None:
+        if self.ctx.is_main:
+            self.checkpoints.save(
+                self.iteration,
+                best=best,
+                model=self.model,
+                config=self.config,
+                tokenizer=self.tokenizer,
+                thresholds=self.thresholds,
+                train_state=self._train_state(),
+            )
+
+
+def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``config`` into ``run_dir`` (under torchrun: one call per process)."""
+    ctx = distributed.init(config.train.device)
+    try:
+        return Trainer(config, run_dir, ctx, resume=resume, progress=progress).run()
+    finally:
+        distributed.shutdown()

@@ -1,0 +1,179 @@
+"""A test-only method for the engine tests: a tiny conv net conditioned on text by FiLM.
+
+It implements `RefSegModel` for real (forward, loss, infer; the default decide) so that
+training, checkpoints, evaluation and prediction are exercised without any of the paper
+methods. Registered by the tests through ``refseg.methods.registry._MODULES``.
+
+Legend: B batch, L tokens, C channels, S input side, S' = S / 4.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from refseg.config import DataConfig, RunConfig, TrainConfig
+from refseg.data.text import words
+from refseg.methods.registry import Method
+from refseg.modeling.base import RefSegModel, Thresholds
+from refseg.modeling.contracts import Batch, Inference
+
+PAD, UNK = 0, 1
+
+
+class WordTokenizer:
+    """Word-level tokenizer over a vocabulary of training words (ids 0 pad, 1 unknown)."""
+
+    def __init__(self, vocab: list[str], max_length: int):
+        self.vocab = list(vocab)
+        self.max_length = max_length
+        self.index = {w: i + 2 for i, w in enumerate(self.vocab)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab) + 2
+
+    def num_tokens(self, sentence: str) -> int:
+        return len(words(sentence))
+
+    def encode(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.full((len(sentences), self.max_length), PAD, dtype=torch.long)
+        for row, sentence in enumerate(sentences):
+            tokens = [self.index.get(w, UNK) for w in words(sentence)][: self.max_length]
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        return ids, ids == PAD
+
+    def save(self, directory: str) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"vocab": self.vocab, "max_length": self.max_length})
+        (Path(directory) / "vocab.json").write_text(text)
+
+    @classmethod
+    def load(cls, directory: str) -> "WordTokenizer":
+        data = json.loads((Path(directory) / "vocab.json").read_text())
+        return cls(data["vocab"], data["max_length"])
+
+
+@dataclass
+class TinyFilmConfig:
+    channels: int = 8
+    text_dim: int = 8
+    vocab_size: int = 0  # 0 = from the tokenizer
+    dropout: float = 0.1
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+class TinyFilm(RefSegModel):
+    """Two stride-2 convs, FiLM by the mean word embedding, a mask and a no-target head."""
+
+    def __init__(self, *, vocab_size: int, channels: int, text_dim: int, dropout: float):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+        )
+        self.embed = nn.Embedding(vocab_size, text_dim, padding_idx=PAD)
+        self.film = nn.Linear(text_dim, 2 * channels)
+        self.drop = nn.Dropout2d(dropout)
+        self.mask_head = nn.Conv2d(channels, 1, 3, padding=1)
+        self.no_target_head = nn.Linear(channels + text_dim, 1)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        feats = self.stem(batch.images)  # (B, C, S', S')
+        keep = (~batch.text_pad_mask).float()  # (B, L)
+        words = self.embed(batch.input_ids) * keep[..., None]
+        sentence = words.sum(1) / keep.sum(1, keepdim=True).clamp(min=1)  # (B, D)
+        gamma, beta = self.film(sentence).chunk(2, dim=1)
+        feats = F.relu(feats * (1 + gamma[..., None, None]) + beta[..., None, None])
+        feats = self.drop(feats)
+        merged = self.mask_head(feats)[:, 0]  # (B, S', S')
+        pooled = torch.cat([feats.mean(dim=(2, 3)), sentence], dim=1)
+        return {"merged": merged, "no_target": self.no_target_head(pooled)[:, 0]}
+
+    def loss(self, outputs, batch: Batch) -> dict[str, torch.Tensor]:
+        side = outputs["merged"].shape[-1]
+        gt = torch.stack([t.merged for t in batch.targets])[:, None]
+        gt = F.adaptive_max_pool2d(gt, side)[:, 0]
+        nt = torch.tensor([float(t.no_target) for t in batch.targets], device=gt.device)
+        mask = F.binary_cross_entropy_with_logits(outputs["merged"], gt)
+        no_target = F.binary_cross_entropy_with_logits(outputs["no_target"], nt)
+        return {"loss": mask + no_target, "mask": mask, "no_target": no_target}
+
+    def infer(self, outputs) -> Inference:
+        merged = outputs["merged"]
+        nt_prob = outputs["no_target"].sigmoid()
+        return Inference(
+            merged_logits=merged,
+            no_target_prob=nt_prob,
+            instance_logits=merged[:, None],
+            instance_scores=(1 - nt_prob)[:, None],
+        )
+
+
+def build_model(config: TinyFilmConfig, tokenizer: WordTokenizer) -> TinyFilm:
+    return TinyFilm(
+        vocab_size=config.vocab_size or tokenizer.vocab_size,
+        channels=config.channels,
+        text_dim=config.text_dim,
+        dropout=config.dropout,
+    )
+
+
+def build_tokenizer(config: TinyFilmConfig, data: DataConfig, sentences: list[str]) -> WordTokenizer:
+    vocab = sorted({w for s in sentences for w in words(s)})
+    return WordTokenizer(vocab, data.max_text_length)
+
+
+def load_tokenizer(config: TinyFilmConfig, directory: str) -> WordTokenizer:
+    return WordTokenizer.load(directory)
+
+
+METHOD = Method("tinyfilm", TinyFilmConfig, build_model, build_tokenizer, load_tokenizer)
+
+
+def tinyfilm_test() -> RunConfig:
+    return RunConfig(
+        method="tinyfilm",
+        model=TinyFilmConfig(),
+        data=DataConfig(format="grefcoco", image_size=32, max_text_length=6, num_workers=0),
+        train=TrainConfig(
+            lr=1e-2, weight_decay=0.0, batch_size=2, epochs=3, checkpoint_every=3, log_every=1, device="cpu"
+        ),
+    )
+
+
+VARIANTS = {"tinyfilm-test": tinyfilm_test}
+
+
+# --- helpers for the engine tests ---------------------------------------------------------
+
+
+def register(monkeypatch) -> None:
+    """Make ``tinyfilm`` the only method the registry knows, for one test."""
+    import refseg.methods.registry as registry
+
+    monkeypatch.setattr(registry, "_MODULES", {"tinyfilm": "engine_tinyfilm"})
+
+
+def benchmark(folder: Path) -> Path:
+    """The readers' tiny gRefCOCO benchmark with random images; returns the data folder."""
+    from builders import IMAGES, tiny_benchmark, write_images
+
+    data = tiny_benchmark("grefcoco", Path(folder) / "data")
+    write_images(data / "images", IMAGES)
+    return data
+
+
+def run_config(data: Path, *overrides: str) -> RunConfig:
+    """``tinyfilm-test`` on the tiny benchmark, with overrides."""
+    from refseg.engine.trainer import resolve_config
+
+    return resolve_config(
+        "tinyfilm-test", [f"data.root={data}", f"data.images={data / 'images'}", *overrides]
+    )

@@ -1,0 +1,162 @@
+"""Training engine: resume after a kill, NaN stop, time budget, run directory, schedule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from engine_tinyfilm import TinyFilm, benchmark, register, run_config
+from safetensors.torch import load_file
+
+from refseg.cli import main
+from refseg.config import TrainConfig
+from refseg.engine import checkpoint
+from refseg.engine.schedule import lr_factor
+from refseg.engine.trainer import NonFiniteLoss, Trainer, train
+from refseg.errors import ConfigError
+
+
+@pytest.fixture
+def data(tmp_path, monkeypatch):
+    register(monkeypatch)
+    return benchmark(tmp_path)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (no `except Exception` catches it)."""
+
+
+def kill_at(monkeypatch, call: int) -> None:
+    """Make the ``call``-th optimiser step (1-based) die before it runs."""
+    original = Trainer.step
+    calls = {"n": 0}
+
+    def step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Killed
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", step)
+
+
+def weights(run_dir):
+    return load_file(str(run_dir / "checkpoints" / "last" / "model.safetensors"))
+
+
+def test_resume_after_kill_equals_uninterrupted_run(data, tmp_path, monkeypatch):
+    # 3 train samples, batch 2 -> 2 iterations per epoch, 3 epochs; checkpoints at 3 and 6.
+    config = run_config(data, "data.val_split=")
+    straight = train(config, tmp_path / "straight", progress=False)
+    assert straight.iteration == 6
+
+    kill_at(monkeypatch, 5)  # dies in iteration 5, after the checkpoint of iteration 3
+    with pytest.raises(Killed):
+        train(run_config(data, "data.val_split="), tmp_path / "killed", progress=False)
+    last = tmp_path / "killed" / "checkpoints" / "last"
+    assert checkpoint.read_meta(last)["iteration"] == 3
+    monkeypatch.undo()
+    register(monkeypatch)
+    resumed = train(run_config(data, "data.val_split="), tmp_path / "killed", resume=True, progress=False)
+
+    assert resumed.iteration == 6
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "killed")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    state_a = checkpoint.load_train_state(tmp_path / "straight" / "checkpoints" / "last")
+    state_b = checkpoint.load_train_state(last)
+    assert state_a["optimizer"]["state"].keys() == state_b["optimizer"]["state"].keys()
+    for k, v in state_a["optimizer"]["state"].items():
+        assert torch.equal(v["exp_avg"], state_b["optimizer"]["state"][k]["exp_avg"])
+    # The log reads as one run: iterations 1..6 once each (the killed run logged 4).
+    logged = [json.loads(line)["iteration"] for line in (tmp_path / "killed" / "metrics.jsonl").open()]
+    assert logged == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_without_checkpoint_starts_fresh_and_rerun_needs_resume(data, tmp_path):
+    first = train(run_config(data, "data.val_split=", "train.epochs=1"), tmp_path / "run", resume=True, progress=False)
+    assert first.iteration == 2
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(run_config(data, "data.val_split=", "train.epochs=1"), tmp_path / "run", progress=False)
+
+
+def test_resume_refuses_a_changed_config_but_allows_budget_keys(data, tmp_path):
+    train(run_config(data, "data.val_split=", "train.epochs=1"), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        train(run_config(data, "data.val_split=", "train.epochs=1", "train.lr=0.5"), tmp_path / "run", resume=True)
+    again = train(
+        run_config(data, "data.val_split=", "train.epochs=1", "train.max_minutes=30"),
+        tmp_path / "run", resume=True, progress=False,
+    )
+    assert again.iteration == 2
+
+
+def test_nan_loss_stops_with_iteration_and_sent_ids_and_saves_nothing(data, tmp_path, monkeypatch):
+    original = TinyFilm.loss
+    calls = {"n": 0}
+
+    def loss(self, outputs, batch):
+        calls["n"] += 1
+        out = original(self, outputs, batch)
+        if calls["n"] == 5:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(TinyFilm, "loss", loss)
+    with pytest.raises(NonFiniteLoss) as info:
+        train(run_config(data, "data.val_split="), tmp_path / "run", progress=False)
+    message = str(info.value)
+    assert "iteration 5 " in message and "sent_ids [" in message
+    ids = json.loads(message.split("sent_ids ")[1].split("]")[0] + "]")
+    assert set(ids) <= {1, 2, 3} and len(ids) >= 1
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["iter_0000003", "last"]
+    loaded = checkpoint.load(ckpts / "last")
+    assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
+
+
+def test_time_budget_stops_cleanly_with_a_checkpoint(data, tmp_path):
+    result = train(run_config(data, "data.val_split=", "train.max_minutes=1e-9"), tmp_path / "run", progress=False)
+    assert result.stopped == "time budget"
+    assert result.iteration == 1
+    assert checkpoint.read_meta(result.checkpoint)["iteration"] == 1
+
+
+def test_run_directory_holds_config_logs_and_curves(data, tmp_path):
+    run = tmp_path / "run"
+    train(run_config(data, "data.val_split=", "train.epochs=1", "train.lr=0.003"), run, progress=False)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["lr"] == 0.003 and saved["method"] == "tinyfilm"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert {"loss", "mask", "no_target", "lr", "samples_per_s"} <= set(lines[0]["train"])
+    assert (run / "curves.png").stat().st_size > 1000
+    assert any((run / "tensorboard").iterdir())
+
+
+def test_cli_train_rejects_unknown_override(data, tmp_path, capsys):
+    code = main(["train", "tinyfilm-test", f"data.root={data}", "train.bogus=1", "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "bogus" in capsys.readouterr().err
+
+
+def test_cli_train_from_saved_config_json(data, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "tinyfilm-test", f"data.root={data}", f"data.images={data / 'images'}",
+                 "data.val_split=", "train.epochs=1", "--out", str(run), "--no-progress"]) == 0
+    again = tmp_path / "again"
+    assert main(["train", str(run / "config.json"), "train.epochs=2", "--out", str(again), "--no-progress"]) == 0
+    assert checkpoint.read_meta(again / "checkpoints" / "last")["iteration"] == 4
+
+
+def test_lr_schedules_hand_computed():
+    linear = TrainConfig(lr_schedule="linear", warmup_iters=0)
+    assert lr_factor(0, linear, 10, 5) == 1.0
+    assert lr_factor(5, linear, 10, 5) == pytest.approx(0.5)
+    step = TrainConfig(lr_schedule="step", lr_steps=(1, 2), lr_gamma=0.1)
+    assert [lr_factor(i, step, 100, 4) for i in (3, 4, 8)] == pytest.approx([1.0, 0.1, 0.01])
+    warm = TrainConfig(lr_schedule="constant", warmup_iters=4)
+    assert [lr_factor(i, warm, 100, 4) for i in (0, 3, 4)] == pytest.approx([0.25, 1.0, 1.0])
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        lr_factor(0, TrainConfig(lr_schedule="cosine"), 10, 5)
