@@ -232,6 +232,12 @@ def test_ids_that_do_not_resolve(tmp_path):
     assert "instances.json: image 2: missing field 'height'" in _error("refcoco", data)
 
 
+def test_ids_must_be_integers(tmp_path):
+    ref = ref_record(4, 1, 11, "val", [sentence(1, "a")])
+    ref["image_id"] = "1"
+    assert "ref 4: image_id '1' is not an integer" in _error("refcoco", _write(tmp_path, [ref]))
+
+
 def test_duplicate_sent_ids(tmp_path):
     refs = [
         ref_record(1, 1, 11, "val", [sentence(5, "a")]),
