@@ -192,6 +192,8 @@ def load_mapped(
         if not src_key.startswith(prefix):
             report.outside.append(src_key)
             continue
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: {src_key} is a {type(value).__name__}, not a tensor")
         key = src_key[len(prefix):]
         reason = _reason(skip, key)
         if reason is not None:

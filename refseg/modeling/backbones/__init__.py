@@ -1,0 +1,1 @@
+"""Image backbones: each returns feature maps described by its ``spec`` (`FeatureSpec`)."""
