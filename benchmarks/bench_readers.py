@@ -46,14 +46,17 @@ def write_grefcoco(folder: Path, n_sentences: int, seed: int = 0) -> None:
             sentences = []
             for _ in range(rng.choice((2, 3, 3, 4))):
                 text = f"the object number {sent_id}"
-                sentences.append({"tokens": text.split(), "raw": text, "sent": text, "sent_id": sent_id})
+                sentences.append(
+                    {"tokens": text.split(), "raw": text, "sent": text, "sent_id": sent_id}
+                )
                 sent_id += 1
             refs.append(
                 {"ref_id": len(refs), "image_id": image["id"], "ann_id": targets, "category_id": [1],
                  "split": rng.choice(SPLITS), "sent_ids": [s["sent_id"] for s in sentences],
                  "file_name": image["file_name"], "sentences": sentences, "no_target": targets == [-1]}
             )
-    (folder / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": []}))
+    coco = {"images": images, "annotations": anns, "categories": []}
+    (folder / "instances.json").write_text(json.dumps(coco))
     (folder / "grefs(unc).json").write_text(json.dumps(refs))
 
 

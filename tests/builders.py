@@ -96,7 +96,8 @@ def write_instances(folder: Path, images: list[dict], annotations: list[dict]) -
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "instances.json"
     categories = [{"id": 1, "name": "thing", "supercategory": "thing"}]
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    coco = {"images": images, "annotations": annotations, "categories": categories}
+    path.write_text(json.dumps(coco))
     return path
 
 
@@ -148,7 +149,8 @@ def annotations() -> list[dict]:
             seg = uncompressed_rle(rect_mask(h, w, *rects))
             out.append(ann_record(ann_id, image_id, seg, [0, 14, 30, 6], iscrowd=1))
         elif ann_id == 21:
-            out.append(ann_record(ann_id, image_id, compressed_rle(rect_mask(h, w, *rects)), [3, 3, 6, 9]))
+            seg = compressed_rle(rect_mask(h, w, *rects))
+            out.append(ann_record(ann_id, image_id, seg, [3, 3, 6, 9]))
         else:
             out.append(ann_record(ann_id, image_id, [rect(*r) for r in rects]))
     return out

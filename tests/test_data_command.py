@@ -22,7 +22,8 @@ def test_table(tmp_path, capsys):
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == f"grefcoco: {data / 'grefs(unc).json'}"
-    assert lines[1].split() == ["split", "images", "refs", "sentences", "no-target", "multi-target", "instances"]
+    header = ["split", "images", "refs", "sentences", "no-target", "multi-target", "instances"]
+    assert lines[1].split() == header
     rows = {line.split()[0]: line.split()[1:] for line in lines[3:8]}
     # train: refs 1 (2 sentences, anns 11+12) and 2 (no-target), both on image 1.
     assert rows["train"] == ["1", "2", "3", "1", "2", "2"]
@@ -66,7 +67,8 @@ def test_images_with_problems_are_all_reported(tmp_path, capsys):
     (images / IMAGES[2]["file_name"]).write_text("not a picture")
     write_images(tmp_path / "wrong", [dict(IMAGES[1], height=5)])  # 5 rows, 16 expected
     (tmp_path / "wrong" / IMAGES[1]["file_name"]).rename(images / IMAGES[1]["file_name"])
-    code, out, _ = _run(capsys, "--format", "refcoco", "--data", str(data), "--images", str(images), "--json")
+    argv = ["--format", "refcoco", "--data", str(data), "--images", str(images)]
+    code, out, _ = _run(capsys, *argv, "--json")
     assert code == 1
     report = json.loads(out)["images"]
     assert report["checked"] == 3
@@ -74,7 +76,7 @@ def test_images_with_problems_are_all_reported(tmp_path, capsys):
     assert set(problems) == {2, 3}
     assert "is 5x16 (h x w, as displayed), annotations say 16x16" in problems[2]
     assert "not an image file" in problems[3]
-    code, out, _ = _run(capsys, "--format", "refcoco", "--data", str(data), "--images", str(images))
+    code, out, _ = _run(capsys, *argv)
     assert code == 1
     assert out.splitlines()[-1] == f"images: 3 checked in {images}, 2 with problems"
     assert sum(line.startswith("image ") for line in out.splitlines()) == 2

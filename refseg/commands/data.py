@@ -15,7 +15,10 @@ from refseg.data.types import FORMATS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, choices=FORMATS, help="benchmark layout")
     parser.add_argument(
-        "--data", required=True, metavar="DIR", help="folder holding the refs file and instances.json"
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="folder holding the refs file and instances.json",
     )
     parser.add_argument(
         "--images", metavar="DIR", help="image folder: verify every referenced image opens"

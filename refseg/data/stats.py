@@ -74,8 +74,9 @@ def format_table(stats: dict[str, SplitStats]) -> str:
         (name,) + tuple(f"{getattr(st, c):,}" for c in COLUMNS) for name, st in stats.items()
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    # Split names left-aligned, numbers right-aligned.
     lines = [
-        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+        "  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])])
         for r in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -97,7 +98,9 @@ class ImageProblem:
     problem: str
 
 
-def check_images(splits: dict[str, RefDataset], *, progress: bool = True) -> tuple[int, list[ImageProblem]]:
+def check_images(
+    splits: dict[str, RefDataset], *, progress: bool = True
+) -> tuple[int, list[ImageProblem]]:
     """Decode every image the splits use; report each missing, unreadable or mis-sized one.
 
     Returns:

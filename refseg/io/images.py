@@ -78,7 +78,10 @@ def check_image(path: str | Path, expected_hw: tuple[int, int] | None = None) ->
     except DataError as exc:
         return str(exc)
     if expected_hw is not None and tuple(hw) != tuple(expected_hw):
-        return f"{path}: image is {hw[0]}x{hw[1]} (h x w, as displayed), annotations say {expected_hw[0]}x{expected_hw[1]}"
+        return (
+            f"{path}: image is {hw[0]}x{hw[1]} (h x w, as displayed), annotations say "
+            f"{expected_hw[0]}x{expected_hw[1]}"
+        )
     return None
 
 

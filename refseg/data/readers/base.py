@@ -151,7 +151,9 @@ def _read_splits(reader, refs_path, instances_path, splits, image_root) -> dict[
             names = ", ".join(available) or "none"
             raise DataError(f"{refs_path}: no split '{split}' (available: {names})")
     images, anns = _index_instances(instances_path)
-    builders = {s: _SplitBuilder(reader, refs_path, instances_path, s, images, anns) for s in wanted}
+    builders = {
+        s: _SplitBuilder(reader, refs_path, instances_path, s, images, anns) for s in wanted
+    }
     for ref in refs:
         builder = builders.get(str(ref["split"]))
         if builder is not None:
@@ -259,19 +261,24 @@ class _SplitBuilder:
         rec = self._record("image", image_id, ("file_name", "height", "width"), where)
         where_i = f"{self.instances_path}: image {image_id}"
         try:
-            return ImageInfo(int(image_id), str(rec["file_name"]), int(rec["height"]), int(rec["width"]))
+            h, w = int(rec["height"]), int(rec["width"])
         except (TypeError, ValueError):
             raise DataError(f"{where_i}: height and width must be integers") from None
+        return ImageInfo(int(image_id), str(rec["file_name"]), h, w)
 
     def _record(self, kind: str, record_id, fields: tuple[str, ...], where: str) -> dict:
         """The raw image or annotation record of instances.json, its fields checked."""
-        index, id_name = (self.raw_images, "image_id") if kind == "image" else (self.raw_anns, "ann_id")
+        if kind == "image":
+            index, id_name = self.raw_images, "image_id"
+        else:
+            index, id_name = self.raw_anns, "ann_id"
         rec = index.get(record_id)
         if rec is None:
             raise DataError(f"{where}: {id_name} {record_id} not in {self.instances_path}")
         for name in fields:
             if name not in rec:
-                raise DataError(f"{self.instances_path}: {kind} {record_id}: missing field '{name}'")
+                where_r = f"{self.instances_path}: {kind} {record_id}"
+                raise DataError(f"{where_r}: missing field '{name}'")
         return rec
 
     def _drop_crowd(self, ann_ids: tuple[int, ...], image_id, where: str) -> tuple[int, ...]:
