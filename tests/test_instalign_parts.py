@@ -88,3 +88,115 @@ def test_fixed_selection_is_union_of_selected_and_empty_when_none():
 def test_unknown_aggregation_is_a_config_error():
     with pytest.raises(ConfigError, match="model.aggregation"):
         build_aggregation("mean", selection_threshold=0.5)
+
+
+# ---- object-text cross-attention, heads, early fusion -------------------------------------
+
+from refseg.methods.instalign.config import AGGREGATIONS, NO_TARGET_INPUTS  # noqa: E402
+from refseg.methods.instalign.fusion import LanguageAwareBackbone  # noqa: E402
+from refseg.methods.instalign.heads import (  # noqa: E402
+    NO_TARGET_INPUTS as NO_TARGET_MODULES,
+    build_no_target_predictor,
+)
+from refseg.methods.instalign.object_text import (  # noqa: E402
+    InstAlignDecoder,
+    ObjectTextCrossAttention,
+    TextContext,
+)
+
+
+def test_choice_names_agree_with_modules():
+    assert tuple(NO_TARGET_MODULES) == NO_TARGET_INPUTS
+    for name in AGGREGATIONS:
+        build_aggregation(name, selection_threshold=0.5)
+
+
+def test_object_text_attention_masks_word_padding():
+    torch.manual_seed(0)
+    layer = ObjectTextCrossAttention(d_model=8, n_heads=2).eval()
+    q, pos = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    words = torch.randn(2, 4, 8)
+    pad = torch.tensor([[False, False, True, True], [False, True, True, True]])
+    q1, w1 = layer(q, pos, words, pad)
+    words2 = words.clone()
+    words2[pad] = torch.randn(int(pad.sum()), 8) * 50  # padded words change nothing
+    q2, w2 = layer(q, pos, words2, pad)
+    assert torch.allclose(q1, q2, atol=1e-6)
+    assert torch.allclose(w1[~pad], w2[~pad], atol=1e-6)
+    assert (w1[pad] == 0).all()
+    # both directions update: words depend on the queries
+    _, w3 = layer(q + 1.0, pos, words, pad)
+    assert not torch.allclose(w1[~pad], w3[~pad])
+
+
+def test_object_text_attention_all_padding_is_finite():
+    layer = ObjectTextCrossAttention(d_model=8, n_heads=2)
+    q1, w1 = layer(torch.randn(1, 3, 8), torch.randn(1, 3, 8), torch.zeros(1, 2, 8),
+                   torch.ones(1, 2, dtype=torch.bool))
+    assert torch.isfinite(q1).all() and torch.isfinite(w1).all()
+
+
+def test_decoder_collects_words_of_every_block():
+    torch.manual_seed(0)
+    dec = InstAlignDecoder(in_channels=16, hidden_dim=16, num_queries=5, num_layers=4,
+                           n_heads=2, ffn_dim=32, mask_dim=16)
+    scales = [torch.randn(2, 16, s, s) for s in (2, 4, 8)]
+    ctx = TextContext(words=torch.randn(2, 3, 16), pad_mask=torch.zeros(2, 3, dtype=torch.bool))
+    out = dec(scales, torch.randn(2, 16, 16, 16), ctx)
+    assert out.num_stages == 5 and len(ctx.per_block) == 4
+    assert ctx.per_block[-1] is ctx.words
+
+
+@pytest.mark.parametrize("name", list(NO_TARGET_INPUTS))
+def test_no_target_inputs(name):
+    torch.manual_seed(0)
+    pred = build_no_target_predictor(name, dim=4, text_dim=6)
+    q = torch.randn(2, 3, 4, requires_grad=True)
+    r = torch.randn(2, 3, requires_grad=True)
+    s = torch.randn(2, 6, requires_grad=True)
+    z = pred(q, r, s)
+    assert z.shape == (2,)
+    z.sum().backward()
+    uses_queries = name != "sentence"
+    uses_relevance = name in ("concat", "global")
+    uses_sentence = name in ("concat", "sentence")
+    assert (q.grad is not None and q.grad.abs().sum() > 0) == uses_queries
+    assert (r.grad is not None and r.grad.abs().sum() > 0) == uses_relevance
+    assert (s.grad is not None and s.grad.abs().sum() > 0) == uses_sentence
+
+
+def test_relevance_pooling_is_eq7():
+    pred = build_no_target_predictor("global", dim=2, text_dim=3)
+    q = torch.tensor([[[1.0, 2.0], [3.0, -1.0]]])
+    r = torch.tensor([[0.0, 100.0]])  # p = 0.5, 1
+    g = pred.pooling(q, r, torch.zeros(1, 3))
+    assert torch.allclose(g, torch.tensor([[0.5 + 3.0, 1.0 - 1.0]]))
+    cat = build_no_target_predictor("concat", dim=2, text_dim=3).pooling
+    s = torch.tensor([[7.0, 8.0, 9.0]])
+    assert torch.allclose(cat(q, r, s), torch.tensor([[3.5, 0.0, 7.0, 8.0, 9.0]]))
+    mean = build_no_target_predictor("mean", dim=2, text_dim=3).pooling
+    assert torch.allclose(mean(q, r, s), torch.tensor([[2.0, 0.5]]))
+
+
+def test_unknown_no_target_input_is_a_config_error():
+    with pytest.raises(ConfigError, match="no_target_input"):
+        build_no_target_predictor("max", dim=2, text_dim=2)
+
+
+def test_language_aware_backbone_depends_on_real_words_only():
+    from refseg.modeling.backbones.swin import swin_nano
+
+    torch.manual_seed(0)
+    fused = LanguageAwareBackbone(backbone=swin_nano(), text_dim=8).eval()
+    images = torch.randn(1, 3, 64, 64)
+    words = torch.randn(1, 3, 8)
+    pad = torch.tensor([[False, False, True]])
+    maps = fused(images, words, pad)
+    assert [tuple(m.shape[1:]) for m in maps] == [(32, 16, 16), (64, 8, 8), (128, 4, 4),
+                                                    (256, 2, 2)]
+    words2 = words.clone()
+    words2[0, 2] = 99.0
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(maps, fused(images, words2, pad)))
+    words3 = words.clone()
+    words3[0, 0] += 1.0
+    assert not torch.allclose(maps[0], fused(images, words3, pad)[0])

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from refseg.errors import ConfigError
-
-AGGREGATIONS = ("ia", "ia_no_prelu", "fixed")
+from refseg.methods.instalign.config import AGGREGATIONS
 
 # Logit of the merged mask where fixed selection keeps no instance: probability ~2e-9,
 # finite so that the merged-mask loss stays finite.

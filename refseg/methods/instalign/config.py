@@ -15,11 +15,12 @@ from refseg.errors import ConfigError
 from refseg.modeling.base import Thresholds
 
 INSTANCE_SUPERVISIONS = ("poa", "mask2former", "none")
+AGGREGATIONS = ("ia", "ia_no_prelu", "fixed")
 NO_TARGET_INPUTS = ("concat", "global", "sentence", "mean")
 EARLY_FUSIONS = ("pwam", "none")
 TEXT_ENCODERS = ("bert", "bert-random")
 TOKENIZERS = ("bert", "word")
-WEIGHT_LAYOUTS = ("swin", "mask2former-pkl", "hf")
+WEIGHT_LAYOUTS = ("original", "mask2former", "hf")  # refseg.modeling.backbones.swin_weights
 
 
 @dataclass
@@ -32,9 +33,11 @@ class InstAlignConfig:
     """
 
     # Visual encoder: a variant of refseg.modeling.backbones.swin, optional local weights.
-    backbone: str = "swin_base_384"
+    backbone: str = "swin_base"  # a name in refseg.modeling.backbones.swin.SWIN_VARIANTS
+    backbone_pretrain_size: int = 384  # swin_base only: 384 (window 12, 22k) or 224 (window 7)
     backbone_weights: str = ""  # "" = random init (tests, tiny runs)
-    backbone_weights_layout: str = "swin"  # swin | mask2former-pkl | hf
+    # original: Swin release .pth | mask2former: model-zoo .pkl | hf: Hugging Face directory
+    backbone_weights_layout: str = "original"
     drop_path_rate: float = 0.3
     # Text encoder: pretrained BERT from a local directory, or a small random BERT.
     text_encoder: str = "bert"  # bert | bert-random
@@ -84,8 +87,6 @@ class InstAlignConfig:
 
     def validate(self) -> None:
         """Raise ConfigError on a value outside a field's choices."""
-        from refseg.methods.instalign.aggregation import AGGREGATIONS
-
         choices = {
             "instance_supervision": INSTANCE_SUPERVISIONS,
             "no_target_input": NO_TARGET_INPUTS,

@@ -1,0 +1,105 @@
+"""Language-aware visual features: pixel-word attention on every Swin stage output.
+
+The paper builds on ReLA (Sec. 3.1, Supp. 11.2) and reports 230M parameters against
+ReLA's 226M; ReLA's visual encoder is LAVT's language-aware Swin, where every stage output
+is replaced by a pixel-word attention module (PWAM) product ``vis(x) * lang(x)``. LAVT and
+ReLA also add the product back into the stage through a tanh gate whose two weights are
+initialised to zero; with both at zero neither ever receives a gradient, so the released
+models run with the gate shut and only the stage *outputs* are language-aware. That is the
+behaviour implemented here (no dead gate), applied to the outputs of the shared Swin.
+See docs/instalign.md.
+
+Legend: B batch, L words, N pixels of one map, C visual channels, Ct text channels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _normalise_positions(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Instance norm over positions (LAVT's InstanceNorm1d): (B, N, C) -> (B, N, C)."""
+    mean = x.mean(dim=1, keepdim=True)
+    var = x.var(dim=1, unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+class PixelWordAttention(nn.Module):
+    """PWAM (Yang et al. 2022, LAVT Sec. 3.2): every pixel gathers the words it attends to;
+    the result gates the projected pixel feature element-wise."""
+
+    def __init__(self, *, dim: int, text_dim: int, num_heads: int = 1):
+        super().__init__()
+        self.num_heads = num_heads
+        self.vis_project = nn.Linear(dim, dim)
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(text_dim, dim)
+        self.value = nn.Linear(text_dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.project_mm = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, words: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """Fuse.
+
+        Args:
+            x: (B, N, C) pixels of one map.
+            words: (B, L, Ct) text encoder tokens.
+            pad_mask: (B, L) bool, True at padding (never attended to).
+
+        Returns:
+            (B, N, C) language-aware pixels.
+        """
+        B, N, C = x.shape
+        h = self.num_heads
+        vis = F.gelu(self.vis_project(x))
+        q = _normalise_positions(self.query(x)).view(B, N, h, C // h).transpose(1, 2)
+        k = self.key(words).view(B, -1, h, C // h).transpose(1, 2)  # (B, h, L, C/h)
+        v = self.value(words).view(B, -1, h, C // h).transpose(1, 2)
+        open_words = ~(pad_mask & ~pad_mask.all(dim=-1, keepdim=True))  # keep one key open
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=open_words[:, None, None, :])
+        lang = _normalise_positions(self.out(att.transpose(1, 2).reshape(B, N, C)))
+        return F.gelu(self.project_mm(vis * lang))
+
+
+class LanguageAwareBackbone(nn.Module):
+    """A visual backbone whose every output map is made language-aware by a PWAM.
+
+    Attributes:
+        backbone: the wrapped backbone (its weights load unchanged).
+        spec: the backbone's FeatureSpec (fusion keeps channels and strides).
+    """
+
+    def __init__(self, *, backbone: nn.Module, text_dim: int, num_heads: int = 1):
+        super().__init__()
+        self.backbone = backbone
+        self.spec = backbone.spec
+        self.fusions = nn.ModuleList(
+            PixelWordAttention(dim=c, text_dim=text_dim, num_heads=num_heads)
+            for c in backbone.spec.channels
+        )
+
+    def forward(self, images: torch.Tensor, words: torch.Tensor,
+                pad_mask: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) images, (B, L, Ct) words, (B, L) padding -> the backbone's maps
+        (B, C_i, H_i, W_i), each language-aware."""
+        fused = []
+        for feature, fusion in zip(self.backbone(images), self.fusions):
+            B, C, H, W = feature.shape
+            pixels = fusion(feature.flatten(2).transpose(1, 2), words, pad_mask)
+            fused.append(pixels.transpose(1, 2).reshape(B, C, H, W))
+        return fused
+
+
+class TextAgnosticBackbone(nn.Module):
+    """The plain backbone behind the same call signature (``early_fusion="none"``)."""
+
+    def __init__(self, *, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.spec = backbone.spec
+
+    def forward(self, images: torch.Tensor, words: torch.Tensor,
+                pad_mask: torch.Tensor) -> list[torch.Tensor]:
+        return self.backbone(images)
