@@ -1,0 +1,119 @@
+"""gRefCOCO GREC: Pr@(F1=1, IoU>=0.5), N-acc, T-acc.
+
+Semantics of ``henghuiding/gRefCOCO : mdetr/datasets/refexp.py : summarize``: keep the
+predicted boxes with score >= 0.7 (no NMS), match them greedily to the ground-truth boxes
+by generalized IoU, and count a sentence correct iff its F1 is 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from refseg.metrics.accumulator import Accumulator, percent
+from refseg.metrics.boxes import generalized_box_iou
+
+
+def greedy_matches(giou: np.ndarray, iou_thr: float) -> int:
+    """True positives of the greedy matching (gRefCOCO ``summarize``).
+
+    Up to min(K, G) times: take the global maximum of the (K, G) GIoU matrix; stop when it
+    is below ``iou_thr``; otherwise count a match and retire its row and column.
+    Ties go to the first maximum in row-major order (rows sorted by descending score).
+    """
+    giou = np.array(giou, dtype=np.float64, copy=True)
+    matches = 0
+    for _ in range(min(giou.shape)):
+        flat = int(np.argmax(giou))
+        if giou.flat[flat] < iou_thr:
+            break
+        row, col = divmod(flat, giou.shape[1])
+        matches += 1
+        # -inf rather than the original's 0 so a threshold <= 0 cannot rematch.
+        giou[row, :] = -np.inf
+        giou[:, col] = -np.inf
+    return matches
+
+
+def match_boxes(pred_boxes, pred_scores, gt_boxes, *, score_thr: float,
+                iou_thr: float) -> tuple[int, int]:
+    """Keep predictions with score >= ``score_thr``, match them to the ground truth.
+
+    Args:
+        pred_boxes: (K, 4) xyxy predicted boxes (K may be 0).
+        pred_scores: (K,) their scores.
+        gt_boxes: (G, 4) xyxy ground-truth boxes (G = 0 for no-target).
+
+    Returns:
+        (kept, true_positives).
+    """
+    boxes = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
+    if len(scores) != len(boxes):
+        raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
+    order = np.argsort(-scores, kind="stable")
+    kept = boxes[order][scores[order] >= score_thr]
+    gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    if len(kept) == 0 or len(gt) == 0:
+        return len(kept), 0
+    return len(kept), greedy_matches(generalized_box_iou(kept, gt), iou_thr)
+
+
+class GRECAccumulator(Accumulator):
+    """Generalized REC on gRefCOCO.
+
+    Record per sentence: (gt_no_target, kept, true_positives, gt_count).
+
+    Args:
+        score_thr: predicted boxes with score >= this are kept (DeRIS uses >; we keep >=).
+        iou_thr: generalized IoU a match needs.
+    """
+
+    def __init__(self, *, score_thr: float = 0.7, iou_thr: float = 0.5) -> None:
+        super().__init__()
+        self.score_thr = float(score_thr)
+        self.iou_thr = float(iou_thr)
+
+    def params(self) -> dict[str, Any]:
+        return {"score_thr": self.score_thr, "iou_thr": self.iou_thr}
+
+    def update(self, sent_id: int, pred_boxes, pred_scores, gt_boxes, *,
+               gt_no_target: bool) -> None:
+        """Score one sentence from (K, 4) predicted boxes, (K,) scores, (G, 4) GT boxes."""
+        gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+        if gt_no_target:
+            gt = gt[:0]
+        kept, tp = match_boxes(pred_boxes, pred_scores, gt, score_thr=self.score_thr,
+                               iou_thr=self.iou_thr)
+        self.add(sent_id, kept=kept, true_positives=tp, gt_count=len(gt),
+                 gt_no_target=gt_no_target)
+
+    def add(self, sent_id: int, *, kept: int, true_positives: int, gt_count: int,
+            gt_no_target: bool) -> None:
+        """Score one sentence from its matching counts."""
+        self._record(sent_id, (bool(gt_no_target), int(kept), int(true_positives),
+                               int(gt_count)))
+
+    def summary(self) -> dict[str, float | None]:
+        correct = n_target = n_no_target = target_found = no_target_found = 0
+        for gt_nt, kept, tp, gt_count in self.records():
+            if gt_nt:
+                n_no_target += 1
+                no_target_found += kept == 0
+                correct += kept == 0  # F1 = 1 iff no box is kept
+            else:
+                n_target += 1
+                target_found += kept >= 1
+                # F1 = 2TP / (2TP + FP + FN) = 1  <=>  FP = FN = 0.
+                correct += tp == kept == gt_count
+        return {
+            "F1score": percent(correct, n_target + n_no_target),
+            "N-acc": percent(no_target_found, n_no_target),
+            "T-acc": percent(target_found, n_target),
+        }
+
+    def counts(self) -> dict[str, int]:
+        n_no_target = sum(1 for r in self._records.values() if r[0])
+        return {"sentences": len(self), "target": len(self) - n_no_target,
+                "no_target": n_no_target}

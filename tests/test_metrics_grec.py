@@ -1,0 +1,94 @@
+"""gRefCOCO GREC (gRefCOCO's mdetr refexp.py summarize): kept boxes, greedy GIoU
+matching, F1 == 1, no-target, empty predictions; by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from refseg.metrics.boxes import box_iou, generalized_box_iou
+from refseg.metrics.grec import GRECAccumulator, greedy_matches, match_boxes
+
+A = [0.0, 0.0, 10.0, 10.0]
+B = [20.0, 20.0, 30.0, 30.0]
+# Shifted diagonally by 1.8: IoU 67.24 / 132.76 = 0.506 >= 0.5, but GIoU 0.460 < 0.5.
+A_SHIFTED = [1.8, 1.8, 11.8, 11.8]
+
+
+def test_shifted_box_passes_iou_but_not_generalized_iou():
+    assert box_iou([A], [A_SHIFTED])[0, 0] == pytest.approx(67.24 / 132.76)
+    assert generalized_box_iou([A], [A_SHIFTED])[0, 0] == pytest.approx(
+        67.24 / 132.76 - (139.24 - 132.76) / 139.24
+    )
+    assert match_boxes([A_SHIFTED], [0.9], [A], score_thr=0.7, iou_thr=0.5) == (1, 0)
+
+
+def test_greedy_takes_the_global_maximum_not_the_best_assignment():
+    # The best assignment pairs (0, 1) and (1, 0) for 2 matches; greedy takes 0.9 first,
+    # retires row 0 and column 0, and the remaining 0.1 is below 0.5.
+    giou = np.array([[0.9, 0.8], [0.85, 0.1]])
+    assert greedy_matches(giou, 0.5) == 1
+    assert greedy_matches(np.array([[0.6, 0.2], [0.1, 0.7]]), 0.5) == 2
+    assert greedy_matches(np.zeros((0, 3)), 0.5) == 0
+    # at most min(K, G) matches
+    assert greedy_matches(np.ones((3, 1)), 0.5) == 1
+
+
+def test_score_threshold_keeps_score_at_threshold():
+    # 0.7 is kept (>=), 0.69 dropped; kept boxes count as false positives when unmatched.
+    assert match_boxes([A, B, A], [0.7, 0.69, 0.95], [A], score_thr=0.7, iou_thr=0.5) == (2, 1)
+    assert match_boxes([], [], [A], score_thr=0.7, iou_thr=0.5) == (0, 0)
+
+
+def test_samples_by_hand():
+    acc = GRECAccumulator()
+    # 1. Two referents, both found; a third box below the score threshold is ignored.
+    acc.update(1, [B, A, A], [0.8, 0.9, 0.5], [A, B], gt_no_target=False)  # F1 = 1
+    # 2. Two referents found plus one extra kept box: F1 = 4 / 5.
+    acc.update(2, [A, B, [50, 50, 60, 60]], [0.9, 0.9, 0.9], [A, B], gt_no_target=False)
+    # 3. Target, only a box that passes IoU but not GIoU: TP 0, one kept (T-acc counts it).
+    acc.update(3, [A_SHIFTED], [0.99], [A], gt_no_target=False)
+    # 4. Target, no box at all (an empty prediction list).
+    acc.update(4, [], [], [A], gt_no_target=False)
+    # 5. No-target, a box at exactly 0.7: kept, so F1 = 0.
+    acc.update(5, [A], [0.7], np.zeros((0, 4)), gt_no_target=True)
+    # 6. No-target, boxes all below 0.7: correct.
+    acc.update(6, [A, B], [0.69, 0.1], np.zeros((0, 4)), gt_no_target=True)
+    assert acc.records() == [
+        (False, 2, 2, 2), (False, 3, 2, 2), (False, 1, 0, 1), (False, 0, 0, 1),
+        (True, 1, 0, 0), (True, 0, 0, 0),
+    ]
+    assert acc.summary() == {
+        "F1score": 100.0 * 2 / 6,  # samples 1 and 6
+        "N-acc": 50.0,  # sample 6 of 5, 6
+        "T-acc": 75.0,  # samples 1, 2, 3 of 1-4 keep a box
+    }
+    assert acc.counts() == {"sentences": 6, "target": 4, "no_target": 2}
+
+
+def test_no_target_ignores_ground_truth_boxes_given_by_mistake():
+    acc = GRECAccumulator()
+    acc.update(1, [], [], [A], gt_no_target=True)
+    assert acc.summary()["F1score"] == 100.0
+
+
+def test_threshold_is_a_parameter():
+    strict = GRECAccumulator(score_thr=0.95)
+    strict.update(1, [A], [0.9], [A], gt_no_target=False)
+    assert strict.summary()["F1score"] == 0.0
+    assert strict.params() == {"score_thr": 0.95, "iou_thr": 0.5}
+
+
+def test_perfect_and_all_empty_predictions():
+    gts = [([A, B], False), ([], True), ([B], False)]
+    perfect, empty = GRECAccumulator(), GRECAccumulator()
+    for i, (boxes, nt) in enumerate(gts):
+        perfect.update(i, boxes, [1.0] * len(boxes), boxes, gt_no_target=nt)
+        empty.update(i, [], [], boxes, gt_no_target=nt)
+    assert perfect.summary() == {"F1score": 100.0, "N-acc": 100.0, "T-acc": 100.0}
+    assert empty.summary() == {"F1score": 100.0 / 3, "N-acc": 100.0, "T-acc": 0.0}
+
+
+def test_mismatched_scores_are_an_error():
+    with pytest.raises(ValueError, match="2 boxes but 1 scores"):
+        match_boxes([A, B], [0.9], [A], score_thr=0.7, iou_thr=0.5)
