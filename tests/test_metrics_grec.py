@@ -16,8 +16,8 @@ A_SHIFTED = [1.8, 1.8, 11.8, 11.8]
 
 
 def test_shifted_box_passes_iou_but_not_generalized_iou():
-    assert box_iou([A], [A_SHIFTED])[0, 0] == pytest.approx(67.24 / 132.76)
-    assert generalized_box_iou([A], [A_SHIFTED])[0, 0] == pytest.approx(
+    assert box_iou([A], [A_SHIFTED])[0][0] == pytest.approx(67.24 / 132.76)
+    assert generalized_box_iou([A], [A_SHIFTED])[0][0] == pytest.approx(
         67.24 / 132.76 - (139.24 - 132.76) / 139.24
     )
     assert match_boxes([A_SHIFTED], [0.9], [A], score_thr=0.7, iou_thr=0.5) == (1, 0)
@@ -30,6 +30,7 @@ def test_greedy_takes_the_global_maximum_not_the_best_assignment():
     assert greedy_matches(giou, 0.5) == 1
     assert greedy_matches(np.array([[0.6, 0.2], [0.1, 0.7]]), 0.5) == 2
     assert greedy_matches(np.zeros((0, 3)), 0.5) == 0
+    assert greedy_matches([[0.7, 0.7], [0.7, 0.7]], 0.5) == 2  # ties
     # at most min(K, G) matches
     assert greedy_matches(np.ones((3, 1)), 0.5) == 1
 
@@ -87,6 +88,21 @@ def test_perfect_and_all_empty_predictions():
         empty.update(i, [], [], boxes, gt_no_target=nt)
     assert perfect.summary() == {"F1score": 100.0, "N-acc": 100.0, "T-acc": 100.0}
     assert empty.summary() == {"F1score": 100.0 / 3, "N-acc": 100.0, "T-acc": 0.0}
+
+
+def test_box_iou_and_generalized_iou_by_hand():
+    a = [[0, 0, 2, 2]]
+    b = np.array([[1, 1, 3, 3], [2, 0, 3, 1], [0, 0, 2, 2]], dtype=np.float32)
+    # overlap 1 of union 7; disjoint; identical
+    assert box_iou(a, b) == [[pytest.approx(1 / 7), 0.0, 1.0]]
+    # enclosing boxes: 3 x 3 = 9 (union 7) and 3 x 2 = 6 (union 5)
+    assert generalized_box_iou(a, b) == [[pytest.approx(1 / 7 - 2 / 9), pytest.approx(-1 / 6), 1.0]]
+    assert box_iou(np.zeros((0, 4)), b) == []
+    assert generalized_box_iou(a, np.zeros((0, 4))) == [[]]
+    # degenerate boxes: no area, no enclosing area: 0, not NaN
+    assert generalized_box_iou([[1, 1, 1, 1]], [[1, 1, 1, 1]]) == [[0.0]]
+    with pytest.raises(ValueError, match="a box has 4 numbers"):
+        box_iou([[0, 0, 1]], a)
 
 
 def test_mismatched_scores_are_an_error():

@@ -9,7 +9,6 @@ from pycocotools import mask as mask_utils
 
 from refseg.data import masks
 from refseg.errors import DataError
-from refseg.metrics.boxes import box_iou, generalized_box_iou
 from refseg.metrics.rle import at_eval_size, invalid_rle_counts, overlap, resize_nearest
 
 
@@ -137,15 +136,3 @@ def test_encode_runs_matches_pycocotools():
     mask[1:3, 1:4] = 1
     rle = mask_utils.encode(np.asfortranarray(mask))
     assert _encode_runs(masks._parse_counts(rle["counts"].decode(), "x")) == rle["counts"].decode()
-
-
-def test_box_iou_and_generalized_iou_by_hand():
-    a = [[0, 0, 2, 2]]
-    b = [[1, 1, 3, 3], [2, 0, 3, 1], [0, 0, 2, 2]]
-    # overlap 1 of union 7; disjoint; identical
-    np.testing.assert_allclose(box_iou(a, b), [[1 / 7, 0.0, 1.0]])
-    # enclosing boxes: 3 x 3 = 9 (union 7) and 3 x 2 = 6 (union 5)
-    np.testing.assert_allclose(generalized_box_iou(a, b), [[1 / 7 - 2 / 9, -1 / 6, 1.0]])
-    assert box_iou(np.zeros((0, 4)), b).shape == (0, 3)
-    # degenerate boxes: no area, no enclosing area: 0, not NaN
-    assert generalized_box_iou([[1, 1, 1, 1]], [[1, 1, 1, 1]]).tolist() == [[0.0]]

@@ -135,10 +135,12 @@ def _parse_instance(inst: Any, where: str) -> tuple[Instance, dict | None]:
     if unknown:
         raise PredictionError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     box = inst.get("box")
+    # type() rather than isinstance: bool is an int subclass, and this runs per instance.
     if (
-        not isinstance(box, list)
+        type(box) is not list
         or len(box) != 4
-        or not all(_is_number(v) and math.isfinite(v) for v in box)
+        or not all(type(v) in (int, float) for v in box)
+        or not all(map(math.isfinite, box))
     ):
         raise PredictionError(f"{where}: 'box' must be [x1, y1, x2, y2] (finite numbers), got {box!r}")
     if box[2] < box[0] or box[3] < box[1]:

@@ -7,32 +7,33 @@ by generalized IoU, and count a sentence correct iff its F1 is 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from refseg.metrics.accumulator import Accumulator, percent
-from refseg.metrics.boxes import generalized_box_iou
+from refseg.metrics.boxes import as_boxes, generalized_box_iou
 
 
-def greedy_matches(giou: np.ndarray, iou_thr: float) -> int:
+def greedy_matches(giou: Sequence[Sequence[float]], iou_thr: float) -> int:
     """True positives of the greedy matching (gRefCOCO ``summarize``).
 
-    Up to min(K, G) times: take the global maximum of the (K, G) GIoU matrix; stop when it
+    Up to min(K, G) times: take the global maximum of the K x G GIoU matrix; stop when it
     is below ``iou_thr``; otherwise count a match and retire its row and column.
     Ties go to the first maximum in row-major order (rows sorted by descending score).
     """
-    giou = np.array(giou, dtype=np.float64, copy=True)
+    rows = [list(r) for r in giou]
+    free_rows = list(range(len(rows)))
+    free_cols = list(range(len(rows[0]) if rows else 0))
     matches = 0
-    for _ in range(min(giou.shape)):
-        flat = int(np.argmax(giou))
-        if giou.flat[flat] < iou_thr:
+    while free_rows and free_cols:
+        best, best_row, best_col = max(
+            (rows[r][c], -r, -c) for r in free_rows for c in free_cols
+        )
+        if best < iou_thr:
             break
-        row, col = divmod(flat, giou.shape[1])
         matches += 1
-        # -inf rather than the original's 0 so a threshold <= 0 cannot rematch.
-        giou[row, :] = -np.inf
-        giou[:, col] = -np.inf
+        free_rows.remove(-best_row)
+        free_cols.remove(-best_col)
     return matches
 
 
@@ -41,21 +42,23 @@ def match_boxes(pred_boxes, pred_scores, gt_boxes, *, score_thr: float,
     """Keep predictions with score >= ``score_thr``, match them to the ground truth.
 
     Args:
-        pred_boxes: (K, 4) xyxy predicted boxes (K may be 0).
-        pred_scores: (K,) their scores.
-        gt_boxes: (G, 4) xyxy ground-truth boxes (G = 0 for no-target).
+        pred_boxes: K xyxy predicted boxes ((K, 4) array or sequence; K may be 0).
+        pred_scores: their K scores.
+        gt_boxes: G xyxy ground-truth boxes (G = 0 for no-target).
 
     Returns:
         (kept, true_positives).
     """
-    boxes = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
+    boxes = as_boxes(pred_boxes)
+    scores = [float(s) for s in (pred_scores.tolist() if hasattr(pred_scores, "tolist")
+                                 else pred_scores)]
     if len(scores) != len(boxes):
         raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
-    order = np.argsort(-scores, kind="stable")
-    kept = boxes[order][scores[order] >= score_thr]
-    gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
-    if len(kept) == 0 or len(gt) == 0:
+    # Descending score, ties in input order (a stable sort).
+    order = sorted(range(len(boxes)), key=lambda k: -scores[k])
+    kept = [boxes[k] for k in order if scores[k] >= score_thr]
+    gt = as_boxes(gt_boxes)
+    if not kept or not gt:
         return len(kept), 0
     return len(kept), greedy_matches(generalized_box_iou(kept, gt), iou_thr)
 
@@ -80,10 +83,9 @@ class GRECAccumulator(Accumulator):
 
     def update(self, sent_id: int, pred_boxes, pred_scores, gt_boxes, *,
                gt_no_target: bool) -> None:
-        """Score one sentence from (K, 4) predicted boxes, (K,) scores, (G, 4) GT boxes."""
-        gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
-        if gt_no_target:
-            gt = gt[:0]
+        """Score one sentence from K predicted boxes, K scores and G ground-truth boxes
+        (arrays (K, 4), (K,), (G, 4) or sequences)."""
+        gt = [] if gt_no_target else as_boxes(gt_boxes)
         kept, tp = match_boxes(pred_boxes, pred_scores, gt, score_thr=self.score_thr,
                                iou_thr=self.iou_thr)
         self.add(sent_id, kept=kept, true_positives=tp, gt_count=len(gt),

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from refseg.metrics.accumulator import (
     Accumulator,
     mean_percent,
@@ -19,7 +17,7 @@ from refseg.metrics.accumulator import (
     sample_iou,
     threshold_key,
 )
-from refseg.metrics.boxes import box_iou
+from refseg.metrics.boxes import as_boxes, box_iou
 from refseg.metrics.rle import overlap
 
 RES_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -70,15 +68,16 @@ class RESAccumulator(Accumulator):
 def top_box_iou(pred_boxes, pred_scores, gt_boxes) -> float:
     """Box IoU of the top-scoring prediction with the ground truth (0 without boxes).
 
-    With several ground-truth boxes (never in RefCOCO) the best-overlapping one counts.
+    Ties go to the first box. With several ground-truth boxes (never in RefCOCO) the
+    best-overlapping one counts.
     """
-    boxes = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
-    gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
-    if len(boxes) == 0 or len(gt) == 0:
+    boxes = as_boxes(pred_boxes)
+    scores = list(pred_scores.tolist() if hasattr(pred_scores, "tolist") else pred_scores)
+    gt = as_boxes(gt_boxes)
+    if not boxes or not gt:
         return 0.0
-    top = boxes[int(np.argmax(scores))]
-    return float(box_iou(top, gt).max())
+    top = max(range(len(boxes)), key=lambda k: (scores[k], -k))
+    return max(box_iou([boxes[top]], gt)[0])
 
 
 class RECAccumulator(Accumulator):

@@ -141,6 +141,7 @@ class Scorer:
         self.source = source
         self.accumulators = build_accumulators(dataset.format, with_instances=with_instances,
                                                grec_score_thr=grec_score_thr)
+        self._empty: dict[tuple[int, int], dict] = {}
 
     def sample(self, sent_id: int) -> Sample:
         sample = self.dataset.by_sent_id.get(sent_id)
@@ -172,9 +173,23 @@ class Scorer:
                     f"{where}: {name}: size {list(rle['size'])} but image {info.id} is "
                     f"[{info.height}, {info.width}] (masks are [h, w] at the original size)"
                 )
-        gt = self.dataset.merged_rle(sample)
+        gt = self._ground_truth(sample, info.height, info.width)
         scored = overlap(at_eval_size(pred.mask, self.eval_size), at_eval_size(gt, self.eval_size))
         _update(self.accumulators, sample, scored, pred, self.dataset)
+
+    def _ground_truth(self, sample: Sample, height: int, width: int) -> dict:
+        """The merged mask; the empty one of no-target sentences is built once per size."""
+        if sample.ann_ids:
+            return self.dataset.merged_rle(sample)
+        return self.empty_rle(height, width)
+
+    def empty_rle(self, height: int, width: int) -> dict:
+        from refseg.data.masks import empty_rle
+
+        key = (height, width)
+        if key not in self._empty:
+            self._empty[key] = empty_rle(height, width)
+        return self._empty[key]
 
     def __len__(self) -> int:
         return len(next(iter(self.accumulators.values())))
@@ -282,17 +297,9 @@ def score_predictions(dataset: RefDataset, predictions: list[Prediction], *,
             "scores them as empty predictions)"
         )
     for sample in missing:
-        scorer.update(empty_prediction(dataset, sample, with_instances=with_instances))
+        info = dataset.image_info(sample)
+        scorer.update(Prediction(sample.sent_id, scorer.empty_rle(info.height, info.width), True,
+                                 [], has_instances=with_instances))
     result = scorer.result()
     result["counts"]["missing"] = len(missing)
     return result
-
-
-def empty_prediction(dataset: RefDataset, sample: Sample, *,
-                     with_instances: bool = False) -> Prediction:
-    """An empty mask, no-target, no boxes: what a missing prediction counts as."""
-    from refseg.data.masks import empty_rle
-
-    info = dataset.image_info(sample)
-    return Prediction(sample.sent_id, empty_rle(info.height, info.width), True, [],
-                      has_instances=with_instances)
