@@ -105,27 +105,28 @@ class KeyReport:
             "shape mismatch (file -> model)",
             [f"{s} {tuple(a)} -> {d} {tuple(b)}" for s, d, a, b in self.mismatched_shapes],
         )
+        # Keys left out on purpose come in families (one per block): a few examples each.
         for reason, keys in self.skipped.items():
-            _section(lines, f"skipped on purpose: {reason}", keys)
+            _section(lines, f"skipped on purpose: {reason}", keys, shown=3)
         for reason, keys in self.fresh.items():
-            _section(lines, f"initialised fresh on purpose: {reason}", keys)
+            _section(lines, f"initialised fresh on purpose: {reason}", keys, shown=3)
         _section(lines, "adapted", self.adapted)
         if self.outside:
             heads = sorted({k.split(".")[0] + "." for k in self.outside})
             lines.append(
                 f"  outside prefix {self.prefix!r}: {len(self.outside)} keys "
-                f"({', '.join(heads[:_SHOWN])}), left to their own loaders"
+                f"({', '.join(heads[:_SHOWN])}), not loaded here"
             )
         return "\n".join(lines)
 
 
-def _section(lines: list[str], title: str, items: Sequence[str]) -> None:
+def _section(lines: list[str], title: str, items: Sequence[str], shown: int = _SHOWN) -> None:
     if not items:
         return
     lines.append(f"  {title}: {len(items)}")
-    lines.extend(f"    {item}" for item in items[:_SHOWN])
-    if len(items) > _SHOWN:
-        lines.append(f"    ... and {len(items) - _SHOWN} more")
+    lines.extend(f"    {item}" for item in items[:shown])
+    if len(items) > shown:
+        lines.append(f"    ... and {len(items) - shown} more")
 
 
 def apply_key_map(key_map: KeyMap, key: str) -> str | None:
@@ -226,11 +227,11 @@ def load_mapped(
             report.fresh.setdefault(reason, []).append(dst)
         else:
             report.missing.append(dst)
+    report.loaded = list(mapped)
     if strict and not report.ok:
         raise CheckpointError(report.error_message())
     with torch.no_grad():
         module.load_state_dict(mapped, strict=False)
-    report.loaded = list(mapped)
     return report
 
 
