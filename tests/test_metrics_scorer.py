@@ -151,9 +151,11 @@ def test_unknown_sent_id_and_wrong_sizes_name_the_sent_id(tmp_path):
     ds = _dataset("grefcoco", tmp_path)
     preds = ground_truth_predictions(ds)
     with pytest.raises(PredictionError, match="p.json: sent_id 99: not in grefcoco split 'train'"):
-        score_predictions(ds, preds + [Prediction(99, preds[0].mask, False, [], True)], source="p.json")
+        unknown = Prediction(99, preds[0].mask, False, [], True)
+        score_predictions(ds, preds + [unknown], source="p.json")
     preds[1].mask = empty_rle(3, 4)
-    with pytest.raises(PredictionError, match=r"sent_id 2: mask: size \[3, 4\] but image 1 is \[20, 30\]"):
+    with pytest.raises(PredictionError,
+                       match=r"sent_id 2: mask: size \[3, 4\] but image 1 is \[20, 30\]"):
         score_predictions(ds, preds, source="p.json")
     preds = ground_truth_predictions(ds)
     preds[0].instances[0].mask = empty_rle(30, 20)

@@ -68,7 +68,8 @@ def test_options_reach_the_protocol(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda recs: recs[:-1], "1 of 3 sentences of grefcoco split 'train' have no prediction: sent_id 3"),
+    (lambda recs: recs[:-1],
+     "1 of 3 sentences of grefcoco split 'train' have no prediction: sent_id 3"),
     (lambda recs: recs + [dict(recs[0], sent_id=77)], "sent_id 77: not in grefcoco split 'train'"),
     (lambda recs: recs + [recs[0]], "sent_id 1: duplicate sent_id"),
     (lambda recs: [dict(recs[0], mask={"size": [20, 30], "counts": "0"})] + recs[1:],

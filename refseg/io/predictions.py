@@ -85,7 +85,9 @@ def parse_predictions(records: list[tuple[str, Any]], source: str) -> list[Predi
         pred, record_rles = _parse_record(record, source, location)
         where = f"{source}: sent_id {pred.sent_id}"
         if pred.sent_id in seen:
-            raise PredictionError(f"{where}: duplicate sent_id ({seen[pred.sent_id]} and {location})")
+            raise PredictionError(
+                f"{where}: duplicate sent_id ({seen[pred.sent_id]} and {location})"
+            )
         seen[pred.sent_id] = location
         rles += [(f"{where}: {name}", rle) for name, rle in record_rles]
         predictions.append(pred)
@@ -98,11 +100,12 @@ def parse_predictions(records: list[tuple[str, Any]], source: str) -> list[Predi
 
 def _parse_record(record: Any, source: str,
                   location: str) -> tuple[Prediction, list[tuple[str, dict]]]:
+    at = f"{source}: {location}"
     if not isinstance(record, dict):
-        raise PredictionError(f"{source}: {location}: expected an object, got {type(record).__name__}")
+        raise PredictionError(f"{at}: expected an object, got {type(record).__name__}")
     sent_id = record.get("sent_id")
     if not _is_int(sent_id):
-        raise PredictionError(f"{source}: {location}: 'sent_id' must be an integer, got {sent_id!r}")
+        raise PredictionError(f"{at}: 'sent_id' must be an integer, got {sent_id!r}")
     where = f"{source}: sent_id {sent_id}"
     unknown = set(record) - FIELDS
     if unknown:
@@ -142,9 +145,13 @@ def _parse_instance(inst: Any, where: str) -> tuple[Instance, dict | None]:
         or not all(type(v) in (int, float) for v in box)
         or not all(map(math.isfinite, box))
     ):
-        raise PredictionError(f"{where}: 'box' must be [x1, y1, x2, y2] (finite numbers), got {box!r}")
+        raise PredictionError(
+            f"{where}: 'box' must be [x1, y1, x2, y2] (finite numbers), got {box!r}"
+        )
     if box[2] < box[0] or box[3] < box[1]:
-        raise PredictionError(f"{where}: 'box' {box} has x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)")
+        raise PredictionError(
+            f"{where}: 'box' {box} has x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)"
+        )
     score = inst.get("score")
     if not _is_number(score) or not math.isfinite(score):
         raise PredictionError(f"{where}: 'score' must be a finite number, got {score!r}")

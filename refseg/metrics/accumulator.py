@@ -88,7 +88,8 @@ class Accumulator:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain picklable data: ``{"type", "params", "records": {sent_id: tuple}}``."""
-        return {"type": type(self).__name__, "params": self.params(), "records": dict(self._records)}
+        return {"type": type(self).__name__, "params": self.params(),
+                "records": dict(self._records)}
 
     @classmethod
     def from_state(cls: type[Self], state: dict[str, Any]) -> Self:

@@ -103,7 +103,8 @@ class RECAccumulator(Accumulator):
 
     def summary(self) -> dict[str, float | None]:
         ious = [r[0] for r in self.records()]
-        return {threshold_key(self.iou_thr): percent(sum(i >= self.iou_thr for i in ious), len(ious))}
+        hits = sum(iou >= self.iou_thr for iou in ious)
+        return {threshold_key(self.iou_thr): percent(hits, len(ious))}
 
     def counts(self) -> dict[str, int]:
         return {"sentences": len(self)}

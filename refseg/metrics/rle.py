@@ -134,7 +134,8 @@ def _invalid_chunk(counts: Sequence[str | bytes], sizes: Sequence[int]) -> list[
     count_end = np.flatnonzero(ends)
     count_start = np.concatenate(([0], count_end[:-1] + 1))
     count_chars = count_end - count_start + 1
-    bad[np.searchsorted(string_end, count_start[count_chars > _MAX_COUNT_CHARS], side="right")] = True
+    too_long = count_start[count_chars > _MAX_COUNT_CHARS]
+    bad[np.searchsorted(string_end, too_long, side="right")] = True
     chunks = (chars & 0x1F).astype(np.int64)
     value = chunks[count_start]
     for k in range(1, _MAX_COUNT_CHARS):
