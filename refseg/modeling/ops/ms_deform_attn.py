@@ -69,10 +69,11 @@ def ms_deform_attn(
     # grid_sample reads [-1, 1]; heads fold into the batch so one call serves them all.
     grids = 2.0 * sampling_locations - 1.0
     output = None
-    for level, (start, (h, w)) in enumerate(zip(level_starts(shapes), shapes)):
+    # split (not slicing): its backward is one concatenation, not a zero-filled copy per level.
+    level_values = value.split([h * w for h, w in shapes], dim=1)
+    for level, (level_value, (h, w)) in enumerate(zip(level_values, shapes)):
         # (B, h*w, Hd, Cd) -> (B, Hd, Cd, h*w) -> (B*Hd, Cd, h, w)
-        level_value = value[:, start : start + h * w].permute(0, 2, 3, 1)
-        level_value = level_value.reshape(batch * heads, head_dim, h, w)
+        level_value = level_value.permute(0, 2, 3, 1).reshape(batch * heads, head_dim, h, w)
         # (B, Q, Hd, P, 2) -> (B*Hd, Q, P, 2)
         level_grid = grids[:, :, :, level].transpose(1, 2)
         level_grid = level_grid.reshape(batch * heads, num_queries, num_points, 2)
