@@ -101,7 +101,9 @@ class TinyFilm(RefSegModel):
         gt = torch.stack([t.merged for t in batch.targets])[:, None]
         gt = F.adaptive_max_pool2d(gt, side)[:, 0]
         nt = torch.tensor([float(t.no_target) for t in batch.targets], device=gt.device)
-        mask = F.binary_cross_entropy_with_logits(outputs["merged"], gt)
+        # Referents are small: weigh foreground up so that masks do not collapse to empty.
+        pos_weight = torch.tensor(4.0, device=gt.device)
+        mask = F.binary_cross_entropy_with_logits(outputs["merged"], gt, pos_weight=pos_weight)
         no_target = F.binary_cross_entropy_with_logits(outputs["no_target"], nt)
         return {"loss": mask + no_target, "mask": mask, "no_target": no_target}
 
@@ -177,3 +179,10 @@ def run_config(data: Path, *overrides: str) -> RunConfig:
     return resolve_config(
         "tinyfilm-test", [f"data.root={data}", f"data.images={data / 'images'}", *overrides]
     )
+
+
+def synth(folder: Path, images: int = 12) -> Path:
+    """A small synthetic gRefCOCO benchmark (``refseg synth``), 48 x 48 images."""
+    from refseg.data.synth import generate
+
+    return generate(Path(folder) / "synth", layout="grefcoco", images=images, size=48, seed=0)

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"run: {result.run_dir} ({result.iteration} iterations, stopped: {result.stopped})")
         print(f"checkpoint: {result.checkpoint}")
         if result.metrics is not None:
-            from refseg.engine.evaluate import format_metrics
+            from refseg.metrics.scorer import format_table
 
-            print(format_metrics(config.data.format, result.metrics))
+            title = f"{config.data.format} {config.data.val_split} (final validation)"
+            print(format_table(result.metrics, title))
     return 0

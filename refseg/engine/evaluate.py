@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from refseg.data.dataset import RefDataset
-from refseg.data.masks import mask_to_rle
-from refseg.data.types import Instance, Prediction, RefResult
+from refseg.data.types import Prediction, RefResult
 from refseg.engine import distributed
 from refseg.engine.data import Collate, RefSegData
 from refseg.engine.postprocess import to_result
+from refseg.io.predictions import prediction_from_result
 from refseg.modeling.base import Thresholds
 from refseg.modeling.contracts import Batch
 
@@ -45,21 +45,6 @@ def run_model(
         inference = model.infer(outputs)
     decisions = model.decide(inference, thresholds)
     return [to_result(d, h, w, thresholds) for d, (h, w) in zip(decisions, sizes)]
-
-
-def to_prediction(result: RefResult, sent_id: int) -> Prediction:
-    """A `RefResult` as a predictions-file record (masks as compressed RLE)."""
-    instances = [
-        Instance(box=inst.box, score=inst.score, mask=mask_to_rle(inst.mask))
-        for inst in result.instances
-    ]
-    return Prediction(
-        sent_id=sent_id,
-        mask=mask_to_rle(result.mask),
-        no_target=result.no_target,
-        instances=instances,
-        has_instances=True,
-    )
 
 
 def subset(dataset: RefDataset, max_samples: int) -> RefDataset:
@@ -104,7 +89,7 @@ def predict_split(
         for batch, items in loader:
             sizes = [(item.height, item.width) for item in items]
             results = run_model(model, batch.to(ctx.device), sizes, thresholds, amp=amp)
-            predictions += [to_prediction(r, i.sent_id) for r, i in zip(results, items)]
+            predictions += [prediction_from_result(i.sent_id, r) for r, i in zip(results, items)]
             bar.update(1)
     finally:
         bar.close()
@@ -114,10 +99,22 @@ def predict_split(
 
 
 def score(dataset: RefDataset, predictions: list[Prediction], **options) -> dict:
-    """The metrics `refseg score` reports for these predictions on this split."""
-    from refseg.metrics import score as score_split
+    """What `refseg score` reports for these predictions on this split (same scorer;
+    ``options``: ``eval_size``, ``grec_score_thr``)."""
+    from refseg.metrics.scorer import score_predictions
 
-    return score_split(dataset.format, dataset, predictions, **options)
+    return score_predictions(dataset, predictions, **options)
+
+
+def numbers(metrics: dict) -> dict[str, float]:
+    """The numeric metrics of a scorer result, nested ones as ``"GREC/F1"``, for logs."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+        elif isinstance(value, dict) and key not in ("protocol", "counts"):
+            out.update({f"{key}/{k}": float(v) for k, v in value.items() if isinstance(v, (int, float))})
+    return out
 
 
 def _progress(total: int, enabled: bool, desc: str):

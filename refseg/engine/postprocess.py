@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from refseg.data.masks import box_of_mask
 from refseg.data.types import Instance, RefResult
 from refseg.modeling.base import Decision, Thresholds
 
@@ -30,43 +31,29 @@ def upsample_probs(probs: torch.Tensor, height: int, width: int) -> torch.Tensor
     )[:, 0]
 
 
-def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
-    """Tight xyxy boxes (COCO convention: x2 = last column + 1) of binary masks.
-
-    Args:
-        masks: (K, H, W) bool.
-
-    Returns:
-        (K, 4) float32; an empty mask gives (0, 0, 0, 0).
-    """
-    boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
-    for k, mask in enumerate(masks):
-        rows = np.flatnonzero(mask.any(axis=1))
-        cols = np.flatnonzero(mask.any(axis=0))
-        if rows.size:
-            boxes[k] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
-    return boxes
-
-
 def to_result(decision: Decision, height: int, width: int, thresholds: Thresholds) -> RefResult:
     """One sample's `Decision` -> `RefResult` at ``height`` x ``width``.
 
     A no-target decision has an empty mask and no instances. Boxes come from the model
-    (normalised xyxy, scaled to pixels) or, when it gives none, from the instance masks.
+    (normalised xyxy, scaled to pixels) or, when it gives none, from the instance masks
+    (tight, COCO convention); then an instance whose mask is empty is dropped.
     """
     if decision.no_target:
         return RefResult(True, decision.no_target_score, np.zeros((height, width), bool), [])
     merged = upsample_probs(decision.mask_prob[None], height, width)[0] >= thresholds.mask
     inst = upsample_probs(decision.instance_probs, height, width) >= thresholds.mask
     inst_masks = inst.cpu().numpy()
+    scores = decision.instance_scores.detach().float().cpu().tolist()
     if decision.instance_boxes is not None:
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
-        boxes = (decision.instance_boxes.detach().float().cpu() * scale).numpy()
+        boxes = (decision.instance_boxes.detach().float().cpu() * scale).tolist()
+        kept = range(len(scores))
     else:
-        boxes = boxes_from_masks(inst_masks)
-    scores = decision.instance_scores.detach().float().cpu().tolist()
+        # Without a box from the model an instance is its mask: an empty one is no instance.
+        kept = [k for k in range(len(scores)) if inst_masks[k].any()]
+        boxes = {k: box_of_mask(inst_masks[k]) for k in kept}
     instances = [
         Instance(box=tuple(float(v) for v in boxes[k]), score=float(scores[k]), mask=inst_masks[k])
-        for k in range(inst_masks.shape[0])
+        for k in kept
     ]
     return RefResult(False, decision.no_target_score, merged.cpu().numpy(), instances)

@@ -11,6 +11,7 @@ uninterrupted run would have had.
 from __future__ import annotations
 
 import random
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from refseg import config as config_io
 from refseg.config import RunConfig
 from refseg.engine import checkpoint, distributed
 from refseg.engine.data import Collate, EpochBatches, RefSegData, loader
-from refseg.engine.evaluate import predict_split, score, subset
+from refseg.engine.evaluate import numbers, predict_split, score, subset
 from refseg.engine.runlog import RunLog
 from refseg.engine.schedule import build_optimizer, build_scheduler
 from refseg.errors import ConfigError, DataError, RefsegError
@@ -371,10 +372,11 @@ class Trainer:
         if not self.ctx.is_main:
             return None, False
         metrics = score(self.val_set, predictions)
-        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        self.log.write(self.iteration, self.epoch, "val", numbers)
-        key = PRIMARY_METRIC.get(cfg.data.format)
-        value = numbers.get(key)
+        values = numbers(metrics)
+        self.log.write(self.iteration, self.epoch, "val", values)
+        for warning in metrics.get("warnings", []):
+            print(f"refseg train: validation at iteration {self.iteration}: warning: {warning}", file=sys.stderr)
+        value = values.get(PRIMARY_METRIC.get(cfg.data.format))
         improved = value is not None and (self.best is None or value > self.best)
         if improved:
             self.best = value

@@ -1,0 +1,84 @@
+"""`refseg eval CHECKPOINT --format F --data DIR --split S`: metrics of a checkpoint.
+
+The metrics are those `refseg score` reports on the predictions it saves; under
+`torchrun --nproc_per_node N` they are identical to one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best, else last)")
+    parser.add_argument("--format", required=True, help="grefcoco | refcoco | refzom | rrefcoco")
+    parser.add_argument("--data", required=True, help="folder with the refs file and instances.json")
+    parser.add_argument("--images", help="image folder")
+    parser.add_argument("--split", required=True, help="e.g. val, testA")
+    parser.add_argument("--split-by", help="the <splitBy> of refs(<splitBy>).p (default: the format's)")
+    parser.add_argument("--save-predictions", metavar="FILE", help="write the predictions file")
+    parser.add_argument("--out", metavar="METRICS_JSON", help="write the metrics as JSON")
+    parser.add_argument(
+        "--threshold", action="append", metavar="KEY=VALUE",
+        help="override a saved threshold (no_target, instance, mask); repeatable",
+    )
+    parser.add_argument(
+        "--eval-size", type=int, metavar="S",
+        help="score at S x S (nearest) as a network-resolution protocol does (default: original size)",
+    )
+    parser.add_argument("--grec-score-thr", type=float, default=0.7, metavar="T",
+                        help="GREC keeps predicted boxes with score >= T (default 0.7)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="data loading processes")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from refseg.data.load import load_split
+    from refseg.engine import checkpoint, distributed
+    from refseg.engine.evaluate import predict_split, score
+    from refseg.errors import ConfigError
+    from refseg.io.atomic import write_json
+    from refseg.metrics.scorer import format_table
+    from refseg.predictor import merge_thresholds, parse_threshold_overrides
+
+    overrides = parse_threshold_overrides(args.threshold)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.eval_size is not None and args.eval_size < 1:
+        raise ConfigError(f"--eval-size {args.eval_size}: must be >= 1")
+    if not 0.0 <= args.grec_score_thr <= 1.0:
+        raise ConfigError(f"--grec-score-thr {args.grec_score_thr}: must be in [0, 1]")
+    ctx = distributed.init(args.device)
+    try:
+        loaded = checkpoint.load(args.checkpoint, device=ctx.device)
+        dataset = load_split(args.format, args.data, args.split, split_by=args.split_by, images=args.images)
+        predictions = predict_split(
+            loaded.model,
+            loaded.tokenizer,
+            dataset,
+            image_size=loaded.config.data.image_size,
+            thresholds=merge_thresholds(loaded.thresholds, overrides),
+            ctx=ctx,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            amp=loaded.config.train.amp,
+            progress=not args.no_progress,
+        )
+        if ctx.is_main:
+            if args.save_predictions:
+                from refseg.io.predictions import write_predictions
+
+                write_predictions(args.save_predictions, predictions)
+            metrics = score(dataset, predictions, eval_size=args.eval_size, grec_score_thr=args.grec_score_thr)
+            for warning in metrics["warnings"]:
+                print(f"refseg eval: warning: {warning}", file=sys.stderr)
+            print(format_table(metrics, f"{loaded.path} on {args.format} {args.split}"))
+            if args.out:
+                write_json(args.out, metrics)
+    finally:
+        distributed.shutdown()
+    return 0

@@ -1,0 +1,154 @@
+"""`refseg eval`: metrics equal `refseg score` on the saved predictions, torchrun equals one
+process, validation during training, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from engine_tinyfilm import register, run_config, synth
+
+from refseg.cli import main
+from refseg.engine import checkpoint
+from refseg.engine.trainer import train
+from refseg.io.predictions import read_predictions
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tinyfilm run on a small synthetic benchmark, validated every 10 iterations."""
+    with pytest.MonkeyPatch.context() as mp:
+        register(mp)
+        root = tmp_path_factory.mktemp("eval")
+        data = synth(root)
+        config = run_config(
+            data, "train.epochs=1", "train.batch_size=4", "train.eval_every=10", "train.checkpoint_every=100"
+        )
+        result = train(config, root / "run", progress=False)
+        yield data, result
+
+
+@pytest.fixture(autouse=True)
+def _registered(monkeypatch):
+    register(monkeypatch)
+
+
+def eval_args(data, ckpt, *extra):
+    return ["eval", str(ckpt), "--format", "grefcoco", "--data", str(data), "--images",
+            str(data / "images"), "--split", "val", "--workers", "0", "--no-progress", *extra]
+
+
+def test_training_validates_and_keeps_best_and_last(trained):
+    data, result = trained
+    run = result.run_dir
+    vals = [json.loads(line) for line in (run / "metrics.jsonl").open() if '"val"' in line]
+    assert [v["iteration"] for v in vals] == [10, 14]  # every 10 iterations, and the end
+    assert {"cIoU", "gIoU", "N-acc", "T-acc"} <= set(vals[0]["val"])
+    assert result.metrics is not None and "gIoU" in result.metrics
+    best = checkpoint.read_meta(run / "checkpoints" / "best")["iteration"]
+    assert best in (10, 14)
+    assert checkpoint.read_meta(run / "checkpoints" / "last")["iteration"] == 14
+
+
+def test_eval_metrics_equal_score_of_saved_predictions(trained, tmp_path):
+    data, result = trained
+    preds, m_eval, m_score = tmp_path / "p.jsonl", tmp_path / "eval.json", tmp_path / "score.json"
+    args = eval_args(data, result.checkpoint, "--save-predictions", str(preds), "--out", str(m_eval))
+    # Thresholds at which this barely trained model gives non-trivial numbers.
+    assert main(args + ["--threshold", "mask=0.4", "--threshold", "no_target=0.35"]) == 0
+    assert main(["score", "--format", "grefcoco", "--data", str(data), "--split", "val",
+                 "--predictions", str(preds), "--out", str(m_score)]) == 0
+    by_eval, by_score = json.loads(m_eval.read_text()), json.loads(m_score.read_text())
+    assert by_eval == by_score
+    assert by_eval["cIoU"] > 0
+    assert "GREC" in by_eval  # instances were saved, so boxes were scored too
+    records = read_predictions(preds)
+    assert len(records) == 6 and all(r.has_instances for r in records)
+    assert {r.no_target for r in records} == {True, False}
+
+
+def test_eval_thresholds_change_decisions(trained, tmp_path):
+    data, result = trained
+    always, never = tmp_path / "a.json", tmp_path / "n.json"
+    assert main(eval_args(data, result.checkpoint, "--threshold", "no_target=0", "--save-predictions", str(always))) == 0
+    assert main(eval_args(data, result.checkpoint, "--threshold", "no_target=1", "--save-predictions", str(never))) == 0
+    assert all(p.no_target and not p.instances for p in read_predictions(always))
+    assert not any(p.no_target for p in read_predictions(never))
+
+
+def torchrun(*args, nproc=2, timeout=180):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(TESTS / "engine_launch.py"), *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_eval_under_torchrun_equals_one_process(trained, tmp_path):
+    data, result = trained
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    p1, p2 = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    args = eval_args(data, result.checkpoint, "--batch-size", "2", "--device", "cpu", "--threshold", "mask=0.4")
+    assert main(args + ["--out", str(one), "--save-predictions", str(p1)]) == 0
+    torchrun(*args, "--out", str(two), "--save-predictions", str(p2))
+    assert json.loads(one.read_text()) == json.loads(two.read_text())
+    assert p1.read_text() == p2.read_text()
+
+
+@pytest.mark.slow
+def test_training_under_torchrun_validates_checkpoints_and_resumes(trained, tmp_path):
+    data, _ = trained
+    run = tmp_path / "ddp"
+    args = ["train", "tinyfilm-test", f"data.root={data}", f"data.images={data / 'images'}",
+            "train.batch_size=4", "train.max_iters=6", "train.checkpoint_every=3", "train.eval_every=3",
+            "--out", str(run), "--no-progress"]
+    torchrun(*args)
+    assert checkpoint.read_meta(run / "checkpoints" / "last")["iteration"] == 6
+    vals = [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").open() if '"val"' in line]
+    assert vals == [3, 6]
+    done = torchrun(*args, "--resume")  # both ranks load the state; nothing is left to do
+    assert "6 iterations" in done.stdout
+
+
+def test_eval_reports_a_corrupt_image_by_name(trained, tmp_path, capsys):
+    from refseg.data.load import load_split
+
+    data, result = trained
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    split = load_split("grefcoco", bad, "val", images=bad / "images")
+    victim = split.image_path(split.samples[0])
+    victim.write_bytes(victim.read_bytes()[:60])  # a truncated PNG
+    code = main(["eval", str(result.checkpoint), "--format", "grefcoco", "--data", str(bad),
+                 "--images", str(bad / "images"), "--split", "val", "--workers", "0", "--no-progress"])
+    assert code == 2
+    assert str(victim) in capsys.readouterr().err
+
+
+def test_eval_of_a_truncated_checkpoint_is_a_clear_error(trained, tmp_path, capsys):
+    data, result = trained
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(result.checkpoint, ckpt)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert main(eval_args(data, ckpt)) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and "truncated or corrupt" in err
+
+
+def test_eval_predictions_are_at_original_size(trained, tmp_path):
+    data, result = trained
+    preds = tmp_path / "p.json"
+    assert main(eval_args(data, result.checkpoint, "--save-predictions", str(preds))) == 0
+    for p in read_predictions(preds):
+        assert p.mask["size"] == [48, 48]
+        assert np.isfinite([inst.score for inst in p.instances]).all()
