@@ -6,7 +6,6 @@ Legend: H x W image size, K instances.
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ PALETTE = (
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 )
 NO_TARGET_RED = (200, 30, 30)
+MIN_WIDTH = 384  # smaller pictures are enlarged (nearest) so that the text stays legible
 
 
 def _font(size: int):
@@ -38,7 +38,8 @@ def overlay(image: np.ndarray, result: RefResult, sentence: str, *, alpha: float
 
     Each instance is tinted in its own colour with its box and score; without instances
     the merged mask is tinted. A header above the image holds the sentence, and a red
-    "NO TARGET" banner when the model decided that nothing is referred to.
+    "NO TARGET" banner when the model decided that nothing is referred to. Pictures
+    narrower than `MIN_WIDTH` are enlarged by an integer factor first.
 
     Args:
         image: (H, W, 3) uint8, the picture the result was computed on.
@@ -46,25 +47,25 @@ def overlay(image: np.ndarray, result: RefResult, sentence: str, *, alpha: float
         sentence: the referring expression.
 
     Returns:
-        A PIL RGB image of size (H + header) x W.
+        A PIL RGB image of size (k H + header) x k W, k the enlargement factor.
     """
     from PIL import Image, ImageDraw
 
-    height, width = image.shape[:2]
-    canvas = image.astype(np.float32)
+    zoom = -(-MIN_WIDTH // image.shape[1])  # ceil; 1 for pictures at least MIN_WIDTH wide
+    canvas = _enlarge(image, zoom).astype(np.float32)
     if result.instances:
         for k, inst in enumerate(result.instances):
             if inst.mask is not None:
-                _tint(canvas, np.asarray(inst.mask, bool), PALETTE[k % len(PALETTE)], alpha)
+                _tint(canvas, _enlarge(np.asarray(inst.mask, bool), zoom), PALETTE[k % len(PALETTE)], alpha)
     elif not result.no_target:
-        _tint(canvas, np.asarray(result.mask, bool), PALETTE[0], alpha)
+        _tint(canvas, _enlarge(np.asarray(result.mask, bool), zoom), PALETTE[0], alpha)
     picture = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
-    size = max(12, min(width, 1600) // 40)
+    size = max(12, min(picture.width, 1600) // 40)
     font = _font(size)
     draw = ImageDraw.Draw(picture)
     for k, inst in enumerate(result.instances):
         colour = PALETTE[k % len(PALETTE)]
-        x1, y1, x2, y2 = inst.box
+        x1, y1, x2, y2 = (v * zoom for v in inst.box)
         draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=colour, width=max(2, size // 6))
         label = f"{inst.score:.2f}"
         left, top, right, bottom = draw.textbbox((x1, y1), label, font=font)
@@ -75,12 +76,32 @@ def overlay(image: np.ndarray, result: RefResult, sentence: str, *, alpha: float
     return _with_header(picture, result, sentence, font, size)
 
 
+def _enlarge(array: np.ndarray, zoom: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of an (H, W[, C]) array by an integer factor."""
+    if zoom == 1:
+        return array
+    return array.repeat(zoom, axis=0).repeat(zoom, axis=1)
+
+
+def _wrap(text: str, font, width: float, max_lines: int = 3) -> list[str]:
+    """Greedy word wrap by the font's measured text length; an ellipsis past max_lines."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] += " ..."
+    return lines or [""]
+
+
 def _with_header(picture, result: RefResult, sentence: str, font, size: int):
     from PIL import Image, ImageDraw
 
     width = picture.width
-    per_line = max(10, int(width / (0.55 * size)))
-    lines = textwrap.wrap(f'"{sentence}"', per_line)[:3] or ['""']
+    lines = _wrap(f'"{sentence}"', font, width - size)
     line_h = size + size // 3
     banner_h = line_h + size // 2 if result.no_target else 0
     header_h = banner_h + len(lines) * line_h + size // 2

@@ -1,0 +1,119 @@
+"""`refseg predict CHECKPOINT --image PATH_OR_FOLDER --text "..." --out DIR`.
+
+For each image: ``<stem>.json`` (no-target decision and score, the merged mask and the
+instances' masks as COCO RLE, boxes, scores) and ``<stem>.png`` (an overlay). A folder is
+processed with a progress bar; an unreadable image there is reported and skipped, and the
+command then exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best, else last)")
+    parser.add_argument("--image", required=True, help="an image file or a folder of images")
+    parser.add_argument("--text", required=True, help="the referring expression")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--threshold", action="append", metavar="KEY=VALUE",
+        help="override a saved threshold (no_target, instance, mask); repeatable",
+    )
+    parser.add_argument("--no-overlay", action="store_true", help="write only the JSON files")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def list_images(path) -> list:
+    """The image itself, or the folder's image files (by suffix, sorted)."""
+    from pathlib import Path
+
+    from refseg.errors import DataError
+
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such image or folder")
+    found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise DataError(f"{path}: no image files in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    stems: dict[str, object] = {}
+    for p in found:
+        if p.stem in stems:
+            raise DataError(f"{path}: {stems[p.stem]} and {p.name} would write the same {p.stem}.json")
+        stems[p.stem] = p.name
+    return found
+
+
+def result_record(image, sentence: str, result, thresholds) -> dict:
+    """The JSON written per image: a predictions-file record (masks as compressed COCO RLE
+    at the image's size) without ``sent_id``, plus the image, sentence, size, no-target
+    score and the thresholds used."""
+    from dataclasses import asdict
+
+    from refseg.io.predictions import prediction_from_result, prediction_to_json
+
+    record = prediction_to_json(prediction_from_result(0, result))
+    del record["sent_id"]
+    height, width = result.mask.shape
+    return {
+        "image": str(image),
+        "sentence": sentence,
+        "height": int(height),
+        "width": int(width),
+        "no_target_score": float(result.no_target_score),
+        "thresholds": asdict(thresholds),
+        **record,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from refseg.errors import DataError
+    from refseg.io.atomic import write_json
+    from refseg.predictor import check_sentence, load, merge_thresholds, parse_threshold_overrides
+    from refseg.visualize import save_overlay
+
+    sentence = check_sentence(args.text, "--text")
+    overrides = parse_threshold_overrides(args.threshold)
+    images = list_images(args.image)
+    folder = Path(args.image).is_dir()
+    predictor = load(args.checkpoint, device=args.device)
+    thresholds = merge_thresholds(predictor.thresholds, overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    bar = tqdm(total=len(images), unit="image", disable=args.no_progress or not folder, dynamic_ncols=True)
+    for start in range(0, len(images), max(1, args.batch_size)):
+        chunk, pixels = [], []
+        for path in images[start : start + args.batch_size]:
+            try:
+                pixels.append(predictor.load_pixels(path))
+                chunk.append(path)
+            except DataError as exc:
+                if not folder:
+                    raise
+                failures += 1
+                bar.write(f"refseg predict: skipped: {exc}", file=sys.stderr)
+                bar.update(1)
+        if not chunk:
+            continue
+        results = predictor.predict_pixels(pixels, [sentence] * len(chunk), thresholds)
+        for path, image, result in zip(chunk, pixels, results):
+            write_json(out / f"{path.stem}.json", result_record(path, sentence, result, thresholds), indent=None)
+            if not args.no_overlay:
+                save_overlay(out / f"{path.stem}.png", image, result, sentence)
+            bar.update(1)
+    bar.close()
+    written = len(images) - failures
+    print(f"{written} image(s) -> {out}" + (f"; {failures} unreadable image(s) skipped" if failures else ""))
+    return 2 if failures else 0

@@ -1,0 +1,162 @@
+"""Checkpoints: round trip, atomic writes, and every bad checkpoint as a clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from engine_tinyfilm import TinyFilmConfig, WordTokenizer, build_model, register
+
+from refseg.config import RunConfig
+from refseg.engine import checkpoint
+from refseg.errors import CheckpointError
+from refseg.modeling.base import Thresholds
+
+
+@pytest.fixture
+def parts(monkeypatch):
+    register(monkeypatch)
+    torch.manual_seed(0)
+    config = RunConfig(method="tinyfilm", model=TinyFilmConfig(thresholds=Thresholds(no_target=0.7)))
+    tokenizer = WordTokenizer(["red", "square"], 4)
+    return config, tokenizer, build_model(config.model, tokenizer)
+
+
+def write(path, parts, **kwargs):
+    config, tokenizer, model = parts
+    return checkpoint.write_checkpoint(path, model=model, config=config, tokenizer=tokenizer, **kwargs)
+
+
+def test_round_trip_restores_weights_config_tokenizer_and_thresholds(parts, tmp_path):
+    config, tokenizer, model = parts
+    write(tmp_path / "ckpt", parts, iteration=7)
+    loaded = checkpoint.load(tmp_path / "ckpt")
+    assert loaded.iteration == 7 and loaded.config == config
+    assert loaded.thresholds == Thresholds(no_target=0.7)  # from the model config
+    assert loaded.tokenizer.vocab == tokenizer.vocab
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert not loaded.model.training
+    meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert meta["format"] == checkpoint.FORMAT and meta["method"] == "tinyfilm"
+    assert "refseg_version" in meta
+
+
+def test_tied_weights_are_saved(parts, tmp_path):
+    config, tokenizer, model = parts
+    model.extra = torch.nn.Linear(2, 2)
+    model.tied = model.extra  # the same parameters under two names (shared storage)
+    write(tmp_path / "ckpt", parts)
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert torch.equal(state["extra.weight"], state["tied.weight"])
+
+
+def test_rewrite_is_atomic_and_a_failed_write_leaves_the_old_checkpoint(parts, tmp_path, monkeypatch):
+    write(tmp_path / "ckpt", parts, iteration=1)
+    config, tokenizer, model = parts
+
+    def boom(directory):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tokenizer, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write(tmp_path / "ckpt", parts, iteration=2)
+    assert checkpoint.read_meta(tmp_path / "ckpt")["iteration"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary directory left behind
+
+
+def test_checkpoint_dir_keeps_last_and_best_only(parts, tmp_path):
+    config, tokenizer, model = parts
+    ckpts = checkpoint.CheckpointDir(tmp_path / "checkpoints")
+    common = dict(model=model, config=config, tokenizer=tokenizer)
+    ckpts.save(1, best=True, **common)
+    ckpts.save(2, **common)
+    ckpts.save(3, **common)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best", "iter_0000001", "iter_0000003", "last"]
+    assert checkpoint.read_meta(ckpts.last())["iteration"] == 3
+    # A run directory resolves to its best checkpoint, else its last.
+    (tmp_path / "config.json").write_text("{}")
+    assert checkpoint.resolve(tmp_path).name == "best"
+
+
+def test_truncated_weights_name_the_file(parts, tmp_path):
+    path = write(tmp_path / "ckpt", parts)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: truncated or corrupt"):
+        checkpoint.load(path)
+
+
+def test_truncated_config_names_the_file(parts, tmp_path):
+    path = write(tmp_path / "ckpt", parts)
+    config = path / "config.json"
+    config.write_text(config.read_text()[:50])
+    with pytest.raises(CheckpointError, match=r"config\.json: truncated or not JSON"):
+        checkpoint.load(path)
+
+
+def test_weights_of_another_shape_are_an_error(parts, tmp_path):
+    path = write(tmp_path / "ckpt", parts)
+    meta = json.loads((path / "config.json").read_text())
+    meta["config"]["model"]["channels"] = 16
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="another shape"):
+        checkpoint.load(path)
+
+
+def test_weights_of_another_model_are_an_error(parts, tmp_path):
+    path = write(tmp_path / "ckpt", parts)
+    from safetensors.torch import save_file
+
+    save_file({"backbone.layer1.weight": torch.zeros(2)}, str(path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="not of a tinyfilm model"):
+        checkpoint.load(path)
+
+
+def test_config_of_another_method_is_an_error(parts, tmp_path):
+    path = write(tmp_path / "ckpt", parts)
+    meta = json.loads((path / "config.json").read_text())
+    meta["method"] = meta["config"]["method"] = "deris"
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="config.json: unknown method 'deris'"):
+        checkpoint.load(path)
+
+
+def test_foreign_files_and_folders_are_not_checkpoints(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "model.pth")
+    with pytest.raises(CheckpointError, match="is a file"):
+        checkpoint.load(tmp_path / "model.pth")
+    with pytest.raises(CheckpointError, match="not a refseg checkpoint"):
+        checkpoint.load(tmp_path)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        checkpoint.load(tmp_path / "missing")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(CheckpointError, match="not a refseg checkpoint config"):
+        checkpoint.load(tmp_path / "other")
+
+
+def test_train_state_loads_weights_only_and_truncation_is_an_error(parts, tmp_path):
+    torch.manual_seed(3)
+    state = {"iteration": 5, "rng": checkpoint.capture_rng()}
+    expected = torch.rand(3)
+    path = write(tmp_path / "ckpt", parts, train_state=state)
+    back = checkpoint.load_train_state(path)
+    checkpoint.restore_rng(back["rng"])
+    assert torch.equal(torch.rand(3), expected)
+    file = path / "train_state.pt"
+    file.write_bytes(file.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=r"train_state\.pt: truncated or corrupt"):
+        checkpoint.load_train_state(path)
+
+
+def test_a_train_state_holding_code_is_refused(parts, tmp_path):
+    path = write(tmp_path / "ckpt", parts)
+    torch.save({"evil": os.system}, path / "train_state.pt")
+    with pytest.raises(CheckpointError, match="train_state.pt"):
+        checkpoint.load_train_state(path)

@@ -1,0 +1,132 @@
+"""Data pipeline and post-processing: geometry, normalisation, batch order, NSC, decisions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from engine_tinyfilm import WordTokenizer, synth
+
+from refseg.data.load import load_split
+from refseg.data.masks import rle_to_mask
+from refseg.data.nsc import NonReferentConversion
+from refseg.engine.data import IMAGENET_MEAN, IMAGENET_STD, Collate, EpochBatches, RefSegData, preprocess_image
+from refseg.engine.postprocess import to_result, upsample_probs
+from refseg.modeling.base import Decision, Thresholds
+
+
+@pytest.fixture(scope="module")
+def train_split(tmp_path_factory):
+    data = synth(tmp_path_factory.mktemp("data"))
+    return load_split("grefcoco", data, "train", images=data / "images")
+
+
+def test_preprocess_normalises_with_imagenet_statistics():
+    image = np.zeros((10, 20, 3), np.uint8)
+    image[..., 0] = 255
+    x = preprocess_image(image, 8)
+    assert x.shape == (3, 8, 8)
+    expected = [(1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], -IMAGENET_MEAN[1] / IMAGENET_STD[1],
+                -IMAGENET_MEAN[2] / IMAGENET_STD[2]]
+    assert torch.allclose(x.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-5)
+
+
+def test_targets_at_network_size_map_back_onto_the_ground_truth(train_split):
+    """Targets resized to S x S and post-processed back to H x W overlap the original
+    masks almost exactly: the data and post-processing geometry agree."""
+    data = RefSegData(train_split, 32)
+    for index in range(8):
+        sample = train_split.samples[index]
+        item = data[index]
+        info = train_split.image_info(sample)
+        assert item.targets.masks.shape[1:] == (32, 32)
+        assert item.targets.no_target == (not sample.ann_ids)
+        assert (item.height, item.width) == (info.height, info.width)
+        if sample.no_target:
+            assert item.targets.masks.shape[0] == 0 and item.targets.boxes.shape == (0, 4)
+            continue
+        merged = item.targets.merged
+        decision = Decision(False, 0.0, merged, merged[None], torch.ones(1))
+        result = to_result(decision, info.height, info.width, Thresholds())
+        gt = rle_to_mask(train_split.merged_rle(sample))
+        iou = (result.mask & gt).sum() / (result.mask | gt).sum()
+        assert iou > 0.75, (sample.sentence, iou)
+        # boxes are normalised xyxy of the referents
+        x1, y1, x2, y2 = train_split.instance_boxes(sample)[0]
+        expected = torch.tensor([x1 / info.width, y1 / info.height, x2 / info.width, y2 / info.height])
+        assert torch.allclose(item.targets.boxes[0], expected)
+
+
+def test_collate_tokenises_and_keeps_sent_ids(train_split):
+    data = RefSegData(train_split, 16)
+    tokenizer = WordTokenizer(["the", "red"], 5)
+    batch, items = Collate(tokenizer)([data[0], data[1]])
+    assert batch.images.shape == (2, 3, 16, 16)
+    assert batch.input_ids.shape == batch.text_pad_mask.shape == (2, 5)
+    assert batch.text_pad_mask.dtype == torch.bool
+    assert batch.sent_ids == [train_split.samples[0].sent_id, train_split.samples[1].sent_id]
+    assert len(batch.targets) == 2 and items[0].image is None
+
+
+def test_epoch_batches_depend_only_on_seed_and_epoch_and_resume_mid_epoch():
+    batches = EpochBatches(10, 3, seed=5)
+    batches.set_epoch(2)
+    full = list(batches)
+    assert sorted(i for b in full for i in b) == list(range(10)) and len(full) == 4
+    again = EpochBatches(10, 3, seed=5)
+    again.set_epoch(2, start=2)
+    assert list(again) == full[2:] and len(again) == 2
+    batches.set_epoch(3)
+    assert list(batches) != full
+
+
+def test_epoch_batches_shard_disjointly_with_wraparound_padding():
+    shards = []
+    for rank in range(3):
+        b = EpochBatches(10, 2, seed=1, rank=rank, world_size=3)
+        b.set_epoch(0)
+        shards.append([i for batch in b for i in batch])
+    assert [len(s) for s in shards] == [4, 4, 4]  # 10 padded to 12
+    assert set().union(*shards) == set(range(10))
+    single = EpochBatches(10, 2, seed=1)
+    single.set_epoch(0)
+    order = [i for batch in single for i in batch]
+    assert shards[0][:3] == order[0:9:3]
+
+
+def test_nsc_hook_converts_per_epoch_and_index_deterministically(train_split):
+    nsc = NonReferentConversion.from_samples(train_split.samples, p=1.0, seed=3)
+    data = RefSegData(train_split, 16, nsc=nsc)
+    index = next(i for i, s in enumerate(train_split.samples) if s.ann_ids)
+    item = data[index]
+    assert item.targets.no_target and item.targets.masks.shape[0] == 0
+    assert item.sentence != train_split.samples[index].sentence
+    assert data[index].sentence == item.sentence  # same (epoch, index), same sentence
+    off = RefSegData(train_split, 16)
+    assert off[index].sentence == train_split.samples[index].sentence
+
+
+def test_upsample_is_bilinear_on_probabilities():
+    probs = torch.tensor([[[0.0, 1.0]]])  # (1, 1, 2)
+    up = upsample_probs(probs, 1, 4)
+    assert torch.allclose(up, torch.tensor([[[0.0, 0.25, 0.75, 1.0]]]))
+
+
+def test_to_result_thresholds_boxes_and_no_target():
+    prob = torch.zeros(4, 4)
+    prob[1:3, 0:2] = 0.9
+    other = torch.zeros(4, 4)
+    decision = Decision(False, 0.2, prob, torch.stack([prob, other]), torch.tensor([0.8, 0.6]))
+    result = to_result(decision, 4, 4, Thresholds())
+    assert result.mask.sum() == 4 and result.mask[1:3, 0:2].all()
+    # the second instance has an empty mask and no model box: it is no instance
+    assert len(result.instances) == 1
+    assert result.instances[0].box == (0.0, 1.0, 2.0, 3.0) and result.instances[0].score == pytest.approx(0.8)
+    # model boxes (normalised xyxy) are scaled to pixels and kept even with empty masks
+    boxed = Decision(False, 0.2, prob, other[None], torch.tensor([0.7]), torch.tensor([[0.25, 0.5, 0.75, 1.0]]))
+    inst = to_result(boxed, 4, 8, Thresholds()).instances
+    assert inst[0].box == (2.0, 2.0, 6.0, 4.0)
+    nothing = to_result(Decision(True, 0.9, prob, prob[None], torch.ones(1)), 4, 4, Thresholds())
+    assert nothing.no_target and not nothing.mask.any() and nothing.instances == []
+    strict = to_result(decision, 4, 4, Thresholds(mask=0.95))
+    assert not strict.mask.any()

@@ -1,0 +1,223 @@
+"""`refseg.load(...).predict(...)` and `refseg predict`: inputs of every kind, thresholds,
+bad inputs, the JSON and overlay outputs."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from engine_tinyfilm import TinyFilmConfig, WordTokenizer, build_model, register
+from PIL import Image
+
+import refseg
+from refseg.cli import main
+from refseg.config import DataConfig, RunConfig
+from refseg.data.masks import rle_to_mask
+from refseg.engine import checkpoint
+from refseg.errors import CheckpointError, ConfigError, DataError
+from refseg.modeling.base import Thresholds
+from refseg.visualize import NO_TARGET_RED
+
+SENTENCE = "the red square"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        register(mp)
+        torch.manual_seed(0)
+        config = RunConfig(
+            method="tinyfilm",
+            model=TinyFilmConfig(dropout=0.0, thresholds=Thresholds(no_target=0.7, mask=0.5)),
+            data=DataConfig(image_size=32),
+        )
+        tokenizer = WordTokenizer(["the", "red", "square"], 4)
+        model = build_model(config.model, tokenizer)
+        with torch.no_grad():
+            model.mask_head.bias.fill_(0.05)  # some foreground at the default thresholds
+        path = tmp_path_factory.mktemp("ckpt") / "ckpt"
+        checkpoint.write_checkpoint(path, model=model, config=config, tokenizer=tokenizer)
+        yield path
+
+
+@pytest.fixture
+def predictor(ckpt, monkeypatch):
+    register(monkeypatch)
+    return refseg.load(ckpt, device="cpu")
+
+
+@pytest.fixture
+def picture():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+
+
+def same(a, b):
+    assert a.no_target == b.no_target and a.no_target_score == pytest.approx(b.no_target_score)
+    assert np.array_equal(a.mask, b.mask)
+    assert len(a.instances) == len(b.instances)
+
+
+def test_path_pil_and_array_inputs_agree(predictor, picture, tmp_path):
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    by_path = predictor.predict(tmp_path / "a.png", SENTENCE)
+    assert by_path.mask.shape == (20, 30) and by_path.mask.dtype == bool
+    assert by_path.mask.any()  # the fixture model predicts some foreground
+    same(by_path, predictor.predict(str(tmp_path / "a.png"), SENTENCE))
+    same(by_path, predictor.predict(Image.fromarray(picture), SENTENCE))
+    same(by_path, predictor.predict(picture, SENTENCE))
+    for inst in by_path.instances:
+        assert inst.mask.shape == (20, 30) and len(inst.box) == 4 and 0 <= inst.score <= 1
+
+
+def test_exif_rotated_image_gives_masks_in_displayed_orientation(predictor, picture, tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 20x30, displayed rotated by 90 degrees: 30 high, 20 wide
+    Image.fromarray(picture).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    result = predictor.predict(tmp_path / "r.jpg", SENTENCE)
+    assert result.mask.shape == (30, 20)
+    displayed = np.asarray(Image.open(tmp_path / "r.jpg").transpose(Image.Transpose.ROTATE_270))
+    same(result, predictor.predict(displayed, SENTENCE))
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "I;16", "RGBA", "P", "L"])
+def test_other_pixel_formats_are_handled(predictor, picture, tmp_path, mode):
+    image = Image.fromarray(picture)
+    if mode == "I;16":
+        image = Image.fromarray((picture[..., 0].astype(np.uint16) * 257))
+        assert image.mode.startswith("I;16")
+    else:
+        image = image.convert(mode)
+    path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
+    image.save(path)
+    result = predictor.predict(path, SENTENCE)
+    assert result.mask.shape == (20, 30)
+
+
+def test_corrupt_and_missing_images_name_the_file(predictor, picture, tmp_path):
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.png"):
+        predictor.predict(tmp_path / "cut.png", SENTENCE)
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(DataError, match="text.png"):
+        predictor.predict(tmp_path / "text.png", SENTENCE)
+    with pytest.raises(DataError, match="nope.png: file not found"):
+        predictor.predict(tmp_path / "nope.png", SENTENCE)
+
+
+@pytest.mark.parametrize("sentence", ["", "   \t\n"])
+def test_empty_sentence_is_an_error(predictor, picture, sentence):
+    with pytest.raises(DataError, match="empty"):
+        predictor.predict(picture, sentence)
+
+
+def test_over_long_sentence_is_truncated_with_a_warning(predictor, picture):
+    long = "the red square " * 4  # 12 words, the tokenizer keeps 4
+    with pytest.warns(UserWarning, match="12 tokens truncated to 4"):
+        result = predictor.predict(picture, long)
+    same(result, predictor.predict(picture, "the red square the"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predictor.predict(picture, SENTENCE)  # short: no warning
+
+
+def test_saved_thresholds_and_per_call_overrides(predictor, picture):
+    assert predictor.thresholds == Thresholds(no_target=0.7, mask=0.5)
+    base = predictor.predict(picture, SENTENCE)
+    assert base.no_target == (base.no_target_score > 0.7)
+    forced = predictor.predict(picture, SENTENCE, thresholds={"no_target": 0.0})
+    assert forced.no_target and not forced.mask.any() and forced.instances == []
+    kept = predictor.predict(picture, SENTENCE, thresholds={"no_target": 1.0, "mask": 0.0})
+    assert not kept.no_target and kept.mask.all()
+    full = predictor.predict(picture, SENTENCE, thresholds=Thresholds(no_target=1.0, instance=1.0))
+    assert full.instances == [] and full.mask.any()
+    with pytest.raises(ConfigError, match="unknown keys"):
+        predictor.predict(picture, SENTENCE, thresholds={"nt": 0.5})
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        predictor.predict(picture, SENTENCE, thresholds={"mask": 2})
+
+
+def test_predict_batch_equals_single_predictions(predictor, picture):
+    other = picture[::-1].copy()
+    results = predictor.predict_batch([picture, other, picture[:10]], SENTENCE, batch_size=2)
+    for image, result in zip([picture, other, picture[:10]], results):
+        same(result, predictor.predict(image, SENTENCE))
+    two = predictor.predict_batch([picture, other], [SENTENCE, "square"])
+    same(two[1], predictor.predict(other, "square"))
+    with pytest.raises(DataError, match="2 images but 1 sentences"):
+        predictor.predict_batch([picture, other], [SENTENCE])
+    with pytest.raises(DataError, match="sentence 1: the sentence is empty"):
+        predictor.predict_batch([picture, other], [SENTENCE, " "])
+
+
+def test_a_truncated_checkpoint_is_a_clear_error(ckpt, tmp_path, monkeypatch):
+    import shutil
+
+    register(monkeypatch)
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    (bad / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:64])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        refseg.load(bad, device="cpu")
+
+
+# --- refseg predict --------------------------------------------------------------------
+
+
+def test_cli_predict_folder_writes_json_and_overlays_and_reports_bad_files(ckpt, predictor, picture, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(picture).save(folder / "a.png")
+    Image.fromarray(picture[:, ::-1]).save(folder / "b.jpg")
+    (folder / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (folder / "notes.txt").write_text("not an image, not listed")
+    out = tmp_path / "out"
+    code = main(["predict", str(ckpt), "--image", str(folder), "--text", SENTENCE, "--out", str(out),
+                 "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "c.png" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.png", "b.json", "b.png"]
+    record = json.loads((out / "a.json").read_text())
+    direct = predictor.predict(folder / "a.png", SENTENCE)
+    assert record["no_target"] == direct.no_target and record["sentence"] == SENTENCE
+    assert record["no_target_score"] == pytest.approx(direct.no_target_score)
+    assert np.array_equal(rle_to_mask(record["mask"]), direct.mask)
+    assert len(record["instances"]) == len(direct.instances)
+    for inst, mine in zip(record["instances"], direct.instances):
+        assert np.array_equal(rle_to_mask(inst["mask"]), mine.mask)
+        assert inst["box"] == pytest.approx(list(mine.box)) and inst["score"] == pytest.approx(mine.score)
+    overlay = Image.open(out / "a.png")
+    assert overlay.width % 30 == 0 and overlay.width >= 384 and overlay.height > overlay.width * 20 // 30
+
+
+def test_cli_predict_overlay_shows_a_no_target_banner(ckpt, picture, tmp_path, monkeypatch):
+    register(monkeypatch)
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    for value, banner in (("0", True), ("1", False)):
+        out = tmp_path / f"out{value}"
+        assert main(["predict", str(ckpt), "--image", str(tmp_path / "a.png"), "--text", SENTENCE,
+                     "--out", str(out), "--threshold", f"no_target={value}", "--device", "cpu"]) == 0
+        top_left = Image.open(out / "a.png").convert("RGB").getpixel((0, 0))
+        assert (top_left == NO_TARGET_RED) == banner
+        assert json.loads((out / "a.json").read_text())["no_target"] == banner
+
+
+@pytest.mark.parametrize("text", ["", "  "])
+def test_cli_predict_empty_text_is_an_error(ckpt, picture, tmp_path, capsys, monkeypatch, text):
+    register(monkeypatch)
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    code = main(["predict", str(ckpt), "--image", str(tmp_path / "a.png"), "--text", text, "--out", str(tmp_path / "o")])
+    assert code == 2 and "--text: the sentence is empty" in capsys.readouterr().err
+
+
+def test_cli_predict_single_corrupt_image_is_an_error(ckpt, tmp_path, capsys, monkeypatch):
+    register(monkeypatch)
+    (tmp_path / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    code = main(["predict", str(ckpt), "--image", str(tmp_path / "x.jpg"), "--text", SENTENCE,
+                 "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert code == 2 and "x.jpg" in capsys.readouterr().err
