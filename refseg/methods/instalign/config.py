@@ -43,10 +43,12 @@ class InstAlignConfig:
     text_encoder: str = "bert"  # bert | bert-random
     text_encoder_path: str = ""  # local bert-base-uncased dir (config, vocab, weights)
     tokenizer: str = "bert"  # bert (vocab of text_encoder_path) | word (training sentences)
-    text_dim: int = 768  # only for bert-random; a pretrained BERT brings its own sizes
+    # Sizes of a random BERT (bert-random), and of a "bert" rebuilt for a checkpoint's
+    # weights; a pretrained BERT brings its own from its directory. FFN = 4 x text_dim.
+    text_dim: int = 768
     text_layers: int = 12
     text_heads: int = 12
-    text_ffn_dim: int = 3072
+    text_max_positions: int = 512
     # Early fusion: language-aware visual features (PWAM after every Swin stage, as the
     # ReLA/LAVT encoder InstAlign builds on; see docs/instalign.md) or none.
     early_fusion: str = "pwam"
@@ -83,6 +85,9 @@ class InstAlignConfig:
     merged_weight: float = 1.0  # BCE of the merged mask
     merged_dice_weight: float = 0.0  # optional dice on the merged mask (not in the paper)
     no_target_weight: float = 1.0
+    # Learning-rate factors of the pretrained parts (Mask2Former/ReLA: Swin x0.1, BERT x1).
+    backbone_lr_factor: float = 0.1
+    text_encoder_lr_factor: float = 1.0
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def validate(self) -> None:
@@ -140,7 +145,7 @@ def instalign_tiny() -> RunConfig:
         text_dim=64,
         text_layers=2,
         text_heads=2,
-        text_ffn_dim=128,
+        text_max_positions=32,
         fusion_heads=1,
         hidden_dim=64,
         encoder_layers=1,
