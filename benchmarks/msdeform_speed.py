@@ -3,7 +3,9 @@
 Shapes of the paper setting: d_model 256, 8 heads (32 channels each), 4 points, 3 levels
 of a 480x480 input (60x60, 30x30, 15x15 tokens), every token a query (the pixel
 decoder's encoder self-attention), batch 1 and 2. Runs of ours and the reference
-alternate so that load on a shared machine hits both alike; medians are printed.
+alternate so that load on a shared machine hits both alike; medians are printed, of wall
+time and of process CPU time (CPU time is steadier on a loaded machine: waiting for a
+core does not count; with one thread it is the op time itself).
 
     .venv/bin/python benchmarks/msdeform_speed.py [--reps 10] [--device cpu] [--threads N]
 """
@@ -46,16 +48,20 @@ def reference(value, locations, weights, _attn=MultiScaleDeformableAttention()):
     return _attn(value, shapes, SHAPES, starts, locations, weights, 64)
 
 
-def time_once(fn, inputs, device: str) -> float:
+def time_once(fn, inputs, upstream, device: str) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one forward + backward.
+
+    `upstream` is a dense (B, Q, C) gradient, as output_proj's backward delivers.
+    """
     for t in inputs:
         t.grad = None
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn(*inputs).sum().backward()
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(*inputs).backward(upstream)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
@@ -70,22 +76,26 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"levels {SHAPES}, heads {HEADS}x{HEAD_DIM}, points {POINTS}, reps {args.reps}")
-    print(f"{'batch':>5} {'queries':>7} {'reference ms':>13} {'ours ms':>8} {'ref/ours':>8}")
+    print(f"{'batch':>5} {'queries':>7} {'clock':>5} {'reference ms':>13} {'ours ms':>8} "
+          f"{'ref/ours':>8}")
     for batch in (1, 2):
         inputs = make_inputs(batch, args.device)
+        upstream = torch.randn(batch, inputs[0].shape[1], HEADS * HEAD_DIM, device=args.device)
         with torch.no_grad():
             diff = (ours(*inputs) - reference(*inputs)).abs().max().item()
         times = {"ref": [], "ours": []}
         for rep in range(args.warmup + args.reps):
             order = [("ref", reference), ("ours", ours)]
             for name, fn in order if rep % 2 else order[::-1]:
-                elapsed = time_once(fn, inputs, args.device)
+                elapsed = time_once(fn, inputs, upstream, args.device)
                 if rep >= args.warmup:
                     times[name].append(elapsed)
-        ref_ms = statistics.median(times["ref"]) * 1e3
-        ours_ms = statistics.median(times["ours"]) * 1e3
-        print(f"{batch:>5} {inputs[0].shape[1]:>7} {ref_ms:>13.1f} {ours_ms:>8.1f} "
-              f"{ref_ms / ours_ms:>8.2f}   (max |diff| {diff:.1e})")
+        for clock in (0, 1):
+            ref_ms = statistics.median(t[clock] for t in times["ref"]) * 1e3
+            ours_ms = statistics.median(t[clock] for t in times["ours"]) * 1e3
+            print(f"{batch:>5} {inputs[0].shape[1]:>7} {('wall', 'cpu')[clock]:>5} "
+                  f"{ref_ms:>13.1f} {ours_ms:>8.1f} {ref_ms / ours_ms:>8.2f}"
+                  f"   (max |diff| {diff:.1e})")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,23 @@ def level_starts(shapes: Sequence[tuple[int, int]]) -> list[int]:
     return starts
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous.
+
+    The output is read as (B, Q, Hd*Cd), a transpose of the (B*Hd, Cd, Q) sums, so its
+    gradient arrives strided; one copy here at (B*Hd, Cd, Q) spares grid_sample's backward
+    a copy of the P-times larger per-point gradient at every level.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 def ms_deform_attn(
     value: torch.Tensor,
     spatial_shapes: SpatialShapes,
@@ -67,25 +84,30 @@ def ms_deform_attn(
             f"and {num_levels} sampling levels"
         )
     # grid_sample reads [-1, 1]; heads fold into the batch so one call serves them all.
-    grids = 2.0 * sampling_locations - 1.0
+    # (B, Q, Hd, Lv, P, 2) -> (B*Hd, Lv, Q, P, 2) and (B, Q, Hd, Lv, P) -> (B*Hd, Lv, 1, Q, P),
+    # made contiguous once: a strided weight would make every per-level product, and so
+    # grid_sample's incoming gradient, strided too, which its backward then copies.
+    grids = (2.0 * sampling_locations - 1.0).permute(0, 2, 3, 1, 4, 5).reshape(
+        batch * heads, num_levels, num_queries, num_points, 2
+    )
+    weights = attention_weights.permute(0, 2, 3, 1, 4).reshape(
+        batch * heads, num_levels, 1, num_queries, num_points
+    )
     output = None
     # split (not slicing): its backward is one concatenation, not a zero-filled copy per level.
     level_values = value.split([h * w for h, w in shapes], dim=1)
     for level, (level_value, (h, w)) in enumerate(zip(level_values, shapes)):
         # (B, h*w, Hd, Cd) -> (B, Hd, Cd, h*w) -> (B*Hd, Cd, h, w)
         level_value = level_value.permute(0, 2, 3, 1).reshape(batch * heads, head_dim, h, w)
-        # (B, Q, Hd, P, 2) -> (B*Hd, Q, P, 2)
-        level_grid = grids[:, :, :, level].transpose(1, 2)
-        level_grid = level_grid.reshape(batch * heads, num_queries, num_points, 2)
         sampled = F.grid_sample(
-            level_value, level_grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            level_value, grids[:, level], mode="bilinear", padding_mode="zeros",
+            align_corners=False,
         )  # (B*Hd, Cd, Q, P)
-        # (B, Q, Hd, P) -> (B*Hd, 1, Q, P); summing level by level avoids stacking all levels.
-        weights = attention_weights[:, :, :, level].transpose(1, 2)
-        weights = weights.reshape(batch * heads, 1, num_queries, num_points)
-        level_out = (sampled * weights).sum(-1)  # (B*Hd, Cd, Q)
+        # Summing level by level avoids stacking the samples of all levels.
+        level_out = (sampled * weights[:, level]).sum(-1)  # (B*Hd, Cd, Q)
         output = level_out if output is None else output + level_out
     # (B*Hd, Cd, Q) -> (B, Hd*Cd, Q) -> (B, Q, Hd*Cd)
+    output = _ContiguousGrad.apply(output)
     return output.view(batch, heads * head_dim, num_queries).transpose(1, 2)
 
 
