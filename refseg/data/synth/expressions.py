@@ -102,7 +102,7 @@ def resolve(expr: Expression, things: list[Thing], side: int) -> frozenset[int] 
     """Indices of the objects ``expr`` refers to; empty if none; None if ambiguous."""
     cands = [i for i, t in enumerate(things) if expr.head.matches(t)]
     if expr.form == "the":
-        return _by_number(cands, 1)
+        return _one(cands)
     if expr.form == "count":
         if len(cands) > expr.number:
             return None  # "the two squares" among three: which two?
@@ -120,9 +120,9 @@ def resolve(expr: Expression, things: list[Thing], side: int) -> frozenset[int] 
     raise ValueError(f"unknown form {expr.form!r}")
 
 
-def _by_number(chosen: list[int], wanted: int) -> frozenset[int] | None:
+def _one(chosen: list[int]) -> frozenset[int] | None:
     """A singular reference: one object, none (no target), or ambiguous."""
-    if len(chosen) == wanted:
+    if len(chosen) == 1:
         return frozenset(chosen)
     return frozenset() if not chosen else None
 
@@ -176,7 +176,7 @@ def _half(cands, things, expr, side):
     if any(abs(o) < BAND * side for o in offsets):
         return None
     chosen = [i for i, o in zip(cands, offsets) if o > 0]
-    return _set_of(chosen) if expr.plural else _by_number(chosen, 1)
+    return _set_of(chosen) if expr.plural else _one(chosen)
 
 
 def relation_holds(thing: Thing, landmark: Thing, direction: str, side: int) -> bool | None:
@@ -213,7 +213,7 @@ def _relation(cands, things, expr, side):
             return None
         if holds:
             chosen.append(i)
-    return _set_of(chosen) if expr.plural else _by_number(chosen, 1)
+    return _set_of(chosen) if expr.plural else _one(chosen)
 
 
 # --------------------------------------------------------------------------- words
