@@ -22,15 +22,6 @@ from refseg.errors import ConfigError, DataError
 from refseg.modeling.base import Thresholds
 
 
-def check_sentence(sentence: Any, where: str = "sentence") -> str:
-    """The sentence, or DataError when it is not text or is empty/whitespace."""
-    if not isinstance(sentence, str):
-        raise DataError(f"{where}: expected text, got {type(sentence).__name__}")
-    if not sentence.strip():
-        raise DataError(f"{where}: the sentence is empty")
-    return sentence
-
-
 def merge_thresholds(base: Thresholds, override: Thresholds | dict | None) -> Thresholds:
     """``base`` with the fields of ``override`` (a `Thresholds` or a partial dict) applied."""
     if override is None:
@@ -106,9 +97,11 @@ class Predictor:
             sentences = [sentences] * len(images)
         if len(sentences) != len(images):
             raise DataError(f"predict_batch: {len(images)} images but {len(sentences)} sentences")
+        from refseg.modeling.text.tokenizers import check_sentence
+
         chosen = merge_thresholds(self.thresholds, thresholds)
         for k, sentence in enumerate(sentences):
-            check_sentence(sentence, f"sentence {k}" if len(sentences) > 1 else "sentence")
+            check_sentence(sentence, k)  # before any image is read
         results = []
         for start in range(0, len(images), batch_size):
             chunk = range(start, min(start + batch_size, len(images)))
@@ -122,19 +115,18 @@ class Predictor:
 
         return load_image(image, where=_describe(image, index))
 
-    @torch.no_grad()
     def predict_pixels(self, pixels: list[np.ndarray], sentences: list[str], thresholds: Thresholds) -> list[RefResult]:
         """The model on already loaded (H, W, 3) uint8 images."""
-        from refseg.engine.data import preprocess_image, tokenize, warn_truncated
+        from refseg.engine.data import preprocess_image, warn_truncated
         from refseg.engine.evaluate import run_model
         from refseg.modeling.contracts import Batch
 
-        warn_truncated(self.tokenizer, sentences)
-        input_ids, pad_mask = tokenize(self.tokenizer, sentences)
+        tokens = self.tokenizer.encode(list(sentences))
+        warn_truncated(sentences, tokens.truncated.tolist(), self.tokenizer.max_length)
         batch = Batch(
             images=torch.stack([preprocess_image(p, self.image_size) for p in pixels]),
-            input_ids=input_ids,
-            text_pad_mask=pad_mask,
+            input_ids=tokens.input_ids,
+            text_pad_mask=tokens.pad_mask,
         ).to(self.device)
         sizes = [p.shape[:2] for p in pixels]
         return run_model(self.model, batch, sizes, thresholds, amp=self.config.train.amp)

@@ -9,7 +9,6 @@ Legend: B batch, L tokens, C channels, S input side, S' = S / 4.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,46 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from refseg.config import DataConfig, RunConfig, TrainConfig
-from refseg.data.text import words
 from refseg.methods.registry import Method
 from refseg.modeling.base import RefSegModel, Thresholds
 from refseg.modeling.contracts import Batch, Inference
-
-PAD, UNK = 0, 1
-
-
-class WordTokenizer:
-    """Word-level tokenizer over a vocabulary of training words (ids 0 pad, 1 unknown)."""
-
-    def __init__(self, vocab: list[str], max_length: int):
-        self.vocab = list(vocab)
-        self.max_length = max_length
-        self.index = {w: i + 2 for i, w in enumerate(self.vocab)}
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.vocab) + 2
-
-    def num_tokens(self, sentence: str) -> int:
-        return len(words(sentence))
-
-    def encode(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.full((len(sentences), self.max_length), PAD, dtype=torch.long)
-        for row, sentence in enumerate(sentences):
-            tokens = [self.index.get(w, UNK) for w in words(sentence)][: self.max_length]
-            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        return ids, ids == PAD
-
-    def save(self, directory: str) -> None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"vocab": self.vocab, "max_length": self.max_length})
-        (Path(directory) / "vocab.json").write_text(text)
-
-    @classmethod
-    def load(cls, directory: str) -> "WordTokenizer":
-        data = json.loads((Path(directory) / "vocab.json").read_text())
-        return cls(data["vocab"], data["max_length"])
-
+from refseg.modeling.text.tokenizers import WordTokenizer, load_tokenizer as _load_tokenizer
 
 @dataclass
 class TinyFilmConfig:
@@ -78,7 +41,7 @@ class TinyFilm(RefSegModel):
             nn.ReLU(),
             nn.Conv2d(channels, channels, 3, stride=2, padding=1),
         )
-        self.embed = nn.Embedding(vocab_size, text_dim, padding_idx=PAD)
+        self.embed = nn.Embedding(vocab_size, text_dim)
         self.film = nn.Linear(text_dim, 2 * channels)
         self.drop = nn.Dropout2d(dropout)
         self.mask_head = nn.Conv2d(channels, 1, 3, padding=1)
@@ -128,12 +91,11 @@ def build_model(config: TinyFilmConfig, tokenizer: WordTokenizer) -> TinyFilm:
 
 
 def build_tokenizer(config: TinyFilmConfig, data: DataConfig, sentences: list[str]) -> WordTokenizer:
-    vocab = sorted({w for s in sentences for w in words(s)})
-    return WordTokenizer(vocab, data.max_text_length)
+    return WordTokenizer.build(sentences, max_length=data.max_text_length)
 
 
 def load_tokenizer(config: TinyFilmConfig, directory: str) -> WordTokenizer:
-    return WordTokenizer.load(directory)
+    return _load_tokenizer(directory)
 
 
 METHOD = Method("tinyfilm", TinyFilmConfig, build_model, build_tokenizer, load_tokenizer)

@@ -59,7 +59,7 @@ def test_targets_at_network_size_map_back_onto_the_ground_truth(train_split):
 
 def test_collate_tokenises_and_keeps_sent_ids(train_split):
     data = RefSegData(train_split, 16)
-    tokenizer = WordTokenizer(["the", "red"], 5)
+    tokenizer = WordTokenizer.build(["the red"], max_length=5)
     batch, items = Collate(tokenizer)([data[0], data[1]])
     assert batch.images.shape == (2, 3, 16, 16)
     assert batch.input_ids.shape == batch.text_pad_mask.shape == (2, 5)

@@ -58,12 +58,34 @@ def test_training_validates_and_keeps_best_and_last(trained):
     assert checkpoint.read_meta(run / "checkpoints" / "last")["iteration"] == 14
 
 
-def test_eval_metrics_equal_score_of_saved_predictions(trained, tmp_path):
+@pytest.fixture(scope="module")
+def mixed(trained):
+    """--threshold options at which this barely trained model gives non-trivial output on
+    val: no-target for about half of the sentences, masks covering half of the image or more."""
+    import refseg
+    from refseg.data.load import load_split
+
+    data, result = trained
+    with pytest.MonkeyPatch.context() as mp:
+        register(mp)
+        predictor = refseg.load(result.checkpoint, device="cpu")
+    split = load_split("grefcoco", data, "val", images=data / "images")
+    images = [split.image_path(s) for s in split.samples]
+    sentences = [s.sentence for s in split.samples]
+    with pytest.warns(UserWarning):  # some sentences are longer than 6 tokens
+        nt = sorted(r.no_target_score for r in predictor.predict_batch(images, sentences))
+        for mask in np.arange(0.95, 0.0, -0.05):
+            results = predictor.predict_batch(images, sentences, thresholds={"no_target": 1.0, "mask": mask})
+            if np.mean([r.mask.mean() for r in results]) >= 0.5:
+                break
+    return ["--threshold", f"no_target={(nt[2] + nt[3]) / 2}", "--threshold", f"mask={mask:.2f}"]
+
+
+def test_eval_metrics_equal_score_of_saved_predictions(trained, mixed, tmp_path):
     data, result = trained
     preds, m_eval, m_score = tmp_path / "p.jsonl", tmp_path / "eval.json", tmp_path / "score.json"
     args = eval_args(data, result.checkpoint, "--save-predictions", str(preds), "--out", str(m_eval))
-    # Thresholds at which this barely trained model gives non-trivial numbers.
-    assert main(args + ["--threshold", "mask=0.4", "--threshold", "no_target=0.35"]) == 0
+    assert main(args + mixed) == 0
     assert main(["score", "--format", "grefcoco", "--data", str(data), "--split", "val",
                  "--predictions", str(preds), "--out", str(m_score)]) == 0
     by_eval, by_score = json.loads(m_eval.read_text()), json.loads(m_score.read_text())
@@ -93,11 +115,12 @@ def torchrun(*args, nproc=2, timeout=180):
     return done
 
 
-def test_eval_under_torchrun_equals_one_process(trained, tmp_path):
+def test_eval_under_torchrun_equals_one_process(trained, mixed, tmp_path):
     data, result = trained
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     p1, p2 = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    args = eval_args(data, result.checkpoint, "--batch-size", "2", "--device", "cpu", "--threshold", "mask=0.4")
+    args = eval_args(data, result.checkpoint, "--batch-size", "2", "--device", "cpu",
+                     *mixed)
     assert main(args + ["--out", str(one), "--save-predictions", str(p1)]) == 0
     torchrun(*args, "--out", str(two), "--save-predictions", str(p2))
     assert json.loads(one.read_text()) == json.loads(two.read_text())
@@ -128,10 +151,13 @@ def test_eval_reports_a_corrupt_image_by_name(trained, tmp_path, capsys):
     split = load_split("grefcoco", bad, "val", images=bad / "images")
     victim = split.image_path(split.samples[0])
     victim.write_bytes(victim.read_bytes()[:60])  # a truncated PNG
-    code = main(["eval", str(result.checkpoint), "--format", "grefcoco", "--data", str(bad),
-                 "--images", str(bad / "images"), "--split", "val", "--workers", "0", "--no-progress"])
-    assert code == 2
-    assert str(victim) in capsys.readouterr().err
+    for workers in ("0", "1"):  # in a DataLoader worker too, the message stays one line
+        code = main(["eval", str(result.checkpoint), "--format", "grefcoco", "--data", str(bad),
+                     "--images", str(bad / "images"), "--split", "val", "--workers", workers, "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2
+        errors = [line for line in err.splitlines() if line.startswith("refseg eval: error")]
+        assert len(errors) == 1 and str(victim) in errors[0] and "Traceback" not in err
 
 
 def test_eval_of_a_truncated_checkpoint_is_a_clear_error(trained, tmp_path, capsys):
@@ -152,3 +178,23 @@ def test_eval_predictions_are_at_original_size(trained, tmp_path):
     for p in read_predictions(preds):
         assert p.mask["size"] == [48, 48]
         assert np.isfinite([inst.score for inst in p.instances]).all()
+
+
+def test_an_empty_sentence_in_a_split_is_an_error_and_long_ones_are_counted(trained):
+    import dataclasses
+
+    from refseg.data.load import load_split
+    from refseg.engine.distributed import DistContext
+    from refseg.engine.evaluate import predict_split
+    from refseg.errors import DataError
+
+    data, result = trained
+    loaded = checkpoint.load(result.checkpoint)
+    split = load_split("grefcoco", data, "val", images=data / "images")
+    kwargs = dict(image_size=32, thresholds=loaded.thresholds, ctx=DistContext())
+    with pytest.warns(UserWarning, match=r"of 6 sentences of split 'val' are longer than 6 tokens"):
+        assert len(predict_split(loaded.model, loaded.tokenizer, split, **kwargs)) == 6
+    blank = dataclasses.replace(split.samples[2], sentence="  ")
+    broken = dataclasses.replace(split, samples=split.samples[:2] + [blank] + split.samples[3:])
+    with pytest.raises(DataError, match=rf"sentence {blank.sent_id} \(.*grefs\(unc\)\.json\): empty or whitespace-only"):
+        predict_split(loaded.model, loaded.tokenizer, broken, **kwargs)

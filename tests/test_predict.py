@@ -34,7 +34,7 @@ def ckpt(tmp_path_factory):
             model=TinyFilmConfig(dropout=0.0, thresholds=Thresholds(no_target=0.7, mask=0.5)),
             data=DataConfig(image_size=32),
         )
-        tokenizer = WordTokenizer(["the", "red", "square"], 4)
+        tokenizer = WordTokenizer.build(["the red square"], max_length=6)  # 4 words
         model = build_model(config.model, tokenizer)
         with torch.no_grad():
             model.mask_head.bias.fill_(0.05)  # some foreground at the default thresholds
@@ -117,8 +117,8 @@ def test_empty_sentence_is_an_error(predictor, picture, sentence):
 
 
 def test_over_long_sentence_is_truncated_with_a_warning(predictor, picture):
-    long = "the red square " * 4  # 12 words, the tokenizer keeps 4
-    with pytest.warns(UserWarning, match="12 tokens truncated to 4"):
+    long = "the red square " * 4  # 12 words, the tokenizer keeps 4 (and [CLS], [SEP])
+    with pytest.warns(UserWarning, match="longer than 6 tokens, truncated"):
         result = predictor.predict(picture, long)
     same(result, predictor.predict(picture, "the red square the"))
     with warnings.catch_warnings():
@@ -151,7 +151,7 @@ def test_predict_batch_equals_single_predictions(predictor, picture):
     same(two[1], predictor.predict(other, "square"))
     with pytest.raises(DataError, match="2 images but 1 sentences"):
         predictor.predict_batch([picture, other], [SENTENCE])
-    with pytest.raises(DataError, match="sentence 1: the sentence is empty"):
+    with pytest.raises(DataError, match="sentence 1: empty or whitespace-only"):
         predictor.predict_batch([picture, other], [SENTENCE, " "])
 
 
@@ -212,7 +212,7 @@ def test_cli_predict_empty_text_is_an_error(ckpt, picture, tmp_path, capsys, mon
     register(monkeypatch)
     Image.fromarray(picture).save(tmp_path / "a.png")
     code = main(["predict", str(ckpt), "--image", str(tmp_path / "a.png"), "--text", text, "--out", str(tmp_path / "o")])
-    assert code == 2 and "--text: the sentence is empty" in capsys.readouterr().err
+    assert code == 2 and "sentence --text: empty or whitespace-only" in capsys.readouterr().err
 
 
 def test_cli_predict_single_corrupt_image_is_an_error(ckpt, tmp_path, capsys, monkeypatch):

@@ -80,10 +80,12 @@ def run(args: argparse.Namespace) -> int:
 
     from refseg.errors import DataError
     from refseg.io.atomic import write_json
-    from refseg.predictor import check_sentence, load, merge_thresholds, parse_threshold_overrides
+    from refseg.modeling.text.tokenizers import check_sentence
+    from refseg.predictor import load, merge_thresholds, parse_threshold_overrides
     from refseg.visualize import save_overlay
 
-    sentence = check_sentence(args.text, "--text")
+    check_sentence(args.text, "--text")
+    sentence = args.text
     overrides = parse_threshold_overrides(args.threshold)
     images = list_images(args.image)
     folder = Path(args.image).is_dir()

@@ -6,6 +6,7 @@ Legend: N instances, H x W original size, S network input side, L tokens.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from refseg.data.dataset import RefDataset
 from refseg.data.types import Sample
-from refseg.errors import DataError
+from refseg.errors import DataError, RefsegError
 from refseg.modeling.contracts import Batch, Targets
 
 # ImageNet statistics on 0..1 pixels (every backbone refseg hosts was pretrained with them).
@@ -65,16 +66,6 @@ def build_targets(dataset: RefDataset, sample: Sample, size: int) -> Targets:
     return Targets(masks=masks, boxes=boxes.clamp(0, 1), no_target=not sample.ann_ids)
 
 
-def tokenize(tokenizer, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The method's tokenizer over a batch (it owns the length L, from data.max_text_length).
-
-    Returns:
-        input_ids (B, L) long, pad_mask (B, L) bool (True at padding).
-    """
-    input_ids, pad_mask = tokenizer.encode(list(sentences))
-    return input_ids.long(), pad_mask.bool()
-
-
 @dataclass
 class Item:
     """One sample, network-ready. ``targets`` is None at inference."""
@@ -85,6 +76,7 @@ class Item:
     height: int
     width: int
     targets: Targets | None = None
+    truncated: bool = False  # the tokenizer cut the sentence (set by `Collate`)
 
 
 class RefSegData(torch.utils.data.Dataset):
@@ -138,22 +130,31 @@ class RefSegData(torch.utils.data.Dataset):
 
 
 class Collate:
-    """Stack items into a `Batch`, tokenising their sentences with the method's tokenizer."""
+    """Stack items into a `Batch`, tokenising their sentences with the method's tokenizer.
 
-    def __init__(self, tokenizer):
+    The tokenizer (``refseg.modeling.text.tokenizers``) owns the length L and returns a
+    ``Tokenized`` (input_ids (B, L), pad_mask (B, L), truncated (B,)); an empty sentence is
+    a DataError naming its sent_id and ``source`` (the refs file).
+    """
+
+    def __init__(self, tokenizer, source=None):
         self.tokenizer = tokenizer
+        self.source = source
 
     def __call__(self, items: list[Item]) -> tuple[Batch, list[Item]]:
-        input_ids, pad_mask = tokenize(self.tokenizer, [i.sentence for i in items])
+        sent_ids = [i.sent_id for i in items]
+        names = [f"{i} ({self.source})" for i in sent_ids] if self.source else sent_ids
+        tokens = self.tokenizer.encode([i.sentence for i in items], ids=names)
         batch = Batch(
             images=torch.stack([i.image for i in items]),
-            input_ids=input_ids,
-            text_pad_mask=pad_mask,
+            input_ids=tokens.input_ids,
+            text_pad_mask=tokens.pad_mask,
             targets=[i.targets for i in items if i.targets is not None],
-            sent_ids=[i.sent_id for i in items],
+            sent_ids=sent_ids,
         )
-        for item in items:  # the images now live in the batch only
-            item.image = None
+        for item, cut in zip(items, tokens.truncated.tolist()):
+            item.image = None  # the pixels now live in the batch only
+            item.truncated = bool(cut)
         return batch, items
 
 
@@ -222,6 +223,20 @@ class EpochBatches(torch.utils.data.Sampler):
             yield shard[b * self.batch_size : (b + 1) * self.batch_size]
 
 
+@contextlib.contextmanager
+def worker_errors():
+    """Re-raise a refseg error from a DataLoader worker with its own one-line message
+    (the DataLoader wraps it into "Caught DataError in DataLoader worker ..." and a traceback)."""
+    try:
+        yield
+    except RefsegError as exc:
+        text = str(exc)
+        if not text.startswith("Caught "):
+            raise
+        _, _, message = text.rstrip().splitlines()[-1].partition(": ")
+        raise type(exc)(message) from None
+
+
 def loader(data: RefSegData, batches, collate: Collate, *, num_workers: int, seed: int):
     """A DataLoader over explicit batches; its own generator keeps the global RNG untouched
     (a DataLoader otherwise draws its worker base seed from it)."""
@@ -235,20 +250,10 @@ def loader(data: RefSegData, batches, collate: Collate, *, num_workers: int, see
     )
 
 
-def warn_truncated(tokenizer, sentences: list[str], where: str = "") -> None:
-    """Warn when a sentence has more tokens than the tokenizer keeps (it will be cut).
-
-    Uses the tokenizer's ``num_tokens(sentence)`` (tokens before truncation, specials
-    included) and ``max_length``; a tokenizer without them is not checked.
-    """
-    count = getattr(tokenizer, "num_tokens", None)
-    limit = getattr(tokenizer, "max_length", None)
-    if count is None or limit is None:
-        return
-    for sentence in sentences:
-        n = count(sentence)
-        if n > limit:
+def warn_truncated(sentences: list[str], truncated, max_length: int) -> None:
+    """Warn for each sentence the tokenizer cut to ``max_length`` tokens."""
+    for sentence, cut in zip(sentences, truncated):
+        if cut:
             warnings.warn(
-                f"{where}sentence of {n} tokens truncated to {limit}: {sentence[:60]!r}",
-                stacklevel=3,
+                f"sentence longer than {max_length} tokens, truncated: {sentence[:60]!r}", stacklevel=3
             )

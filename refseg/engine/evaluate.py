@@ -10,6 +10,7 @@ on the saved predictions.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ import torch
 from refseg.data.dataset import RefDataset
 from refseg.data.types import Prediction, RefResult
 from refseg.engine import distributed
-from refseg.engine.data import Collate, RefSegData
+from refseg.engine.data import Collate, RefSegData, worker_errors
 from refseg.engine.postprocess import to_result
 from refseg.io.predictions import prediction_from_result
 from refseg.modeling.base import Thresholds
@@ -77,24 +78,34 @@ def predict_split(
     loader = torch.utils.data.DataLoader(
         data,
         batch_sampler=mine,
-        collate_fn=Collate(tokenizer),
+        collate_fn=Collate(tokenizer, dataset.source),
         num_workers=num_workers,
         generator=torch.Generator(),
     )
     was_training = model.training
     model.eval()
-    predictions = []
+    predictions, truncated = [], 0
     bar = _progress(len(mine), progress and ctx.is_main, f"eval {dataset.split}")
     try:
-        for batch, items in loader:
-            sizes = [(item.height, item.width) for item in items]
-            results = run_model(model, batch.to(ctx.device), sizes, thresholds, amp=amp)
-            predictions += [prediction_from_result(i.sent_id, r) for r, i in zip(results, items)]
-            bar.update(1)
+        with worker_errors():
+            for batch, items in loader:
+                sizes = [(item.height, item.width) for item in items]
+                results = run_model(model, batch.to(ctx.device), sizes, thresholds, amp=amp)
+                predictions += [prediction_from_result(i.sent_id, r) for r, i in zip(results, items)]
+                truncated += sum(item.truncated for item in items)
+                bar.update(1)
     finally:
         bar.close()
         model.train(was_training)
-    by_id = {p.sent_id: p for part in distributed.all_gather_object(predictions) for p in part}
+    parts = distributed.all_gather_object((predictions, truncated))
+    truncated = sum(cut for _, cut in parts)
+    if truncated and ctx.is_main:
+        warnings.warn(
+            f"{dataset.source}: {truncated} of {n} sentences of split '{dataset.split}' are longer "
+            f"than {getattr(tokenizer, 'max_length', 'the')} tokens and were truncated",
+            stacklevel=2,
+        )
+    by_id = {p.sent_id: p for part, _ in parts for p in part}
     return [by_id[s.sent_id] for s in dataset.samples]
 
 

@@ -23,7 +23,7 @@ import torch
 from refseg import config as config_io
 from refseg.config import RunConfig
 from refseg.engine import checkpoint, distributed
-from refseg.engine.data import Collate, EpochBatches, RefSegData, loader
+from refseg.engine.data import Collate, EpochBatches, RefSegData, loader, worker_errors
 from refseg.engine.evaluate import numbers, predict_split, score, subset
 from refseg.engine.runlog import RunLog
 from refseg.engine.schedule import build_optimizer, build_scheduler
@@ -67,6 +67,29 @@ class TrainResult:
     checkpoint: Path | None
     metrics: dict | None
     stopped: str
+
+
+class LossMeter:
+    """Means of the loss terms and the throughput since the last flush (detached tensors
+    are summed on the device; one synchronisation per flush)."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.tick = time.monotonic()
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        for key, value in losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+
+    def flush(self, batch_size: int) -> dict[str, float]:
+        """Mean of each term, and ``samples_per_s`` for a global batch of ``batch_size``."""
+        now = time.monotonic()
+        values = {k: float(v) / self.count for k, v in self.sums.items()}
+        values["samples_per_s"] = self.count * batch_size / max(now - self.tick, 1e-9)
+        self.sums, self.count, self.tick = {}, 0, now
+        return values
 
 
 def seed_everything(seed: int) -> None:
@@ -169,7 +192,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_iters, self.iters_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and ctx.device.type == "cuda")
         self.data = RefSegData(self.train_set, config.data.image_size, nsc=self._nsc())
-        self.collate = Collate(self.tokenizer)
+        self.collate = Collate(self.tokenizer, self.train_set.source)
 
         self.iteration = self.epoch = self.position = 0
         self.best = None  # best primary validation metric so far
@@ -287,7 +310,26 @@ class Trainer:
             f"batch sent_ids {ids}; losses {terms}; {kept}"
         )
 
+    def batches_from_position(self):
+        """(Batch, items) from the current (epoch, position) on, in the deterministic order;
+        the caller advances (epoch, position) after each step."""
+        while True:
+            self.batches.set_epoch(self.epoch, self.position)
+            self.data.set_epoch(self.epoch)
+            seed = self.config.train.seed * 100_003 + self.epoch
+            yield from loader(self.data, self.batches, self.collate, num_workers=self.config.data.num_workers, seed=seed)
+
+    def advance(self) -> bool:
+        """Count one step; True when it ended an epoch."""
+        self.iteration += 1
+        self.position += 1
+        if self.position < self.iters_per_epoch:
+            return False
+        self.epoch, self.position = self.epoch + 1, 0
+        return True
+
     def run(self) -> TrainResult:
+        """Train to ``total_iters`` or the time budget; returns what the run left behind."""
         from tqdm import tqdm
 
         cfg = self.config.train
@@ -295,42 +337,31 @@ class Trainer:
             total=self.total_iters, initial=self.iteration, desc="train", unit="it",
             disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True,
         )
-        sums: dict[str, torch.Tensor] = {}
-        count, tick, metrics, stopped = 0, time.monotonic(), None, "done"
+        meter = LossMeter()
+        metrics, stopped = None, "done"
         saved_at = self.iteration if self.iteration else -1  # a resumed run starts saved
         evaluated_at = -1
         try:
-            while self.iteration < self.total_iters and stopped == "done":
-                self.batches.set_epoch(self.epoch, self.position)
-                self.data.set_epoch(self.epoch)
-                seed = cfg.seed * 100_003 + self.epoch
-                for batch, _ in loader(self.data, self.batches, self.collate, num_workers=self.config.data.num_workers, seed=seed):
-                    losses, over = self.step(batch)
-                    self.iteration += 1
-                    self.position += 1
-                    epoch_end = self.position == self.iters_per_epoch
-                    if epoch_end:
-                        self.epoch, self.position = self.epoch + 1, 0
-                    for key, value in losses.items():
-                        sums[key] = sums.get(key, 0.0) + value
-                    count += 1
-                    bar.update(1)
-                    if self.iteration % cfg.log_every == 0 or self.iteration == self.total_iters:
-                        rate = count * cfg.batch_size / max(time.monotonic() - tick, 1e-9)
-                        self._log_train(sums, count, rate, bar)
-                        sums, count, tick = {}, 0, time.monotonic()
-                    done = self.iteration >= self.total_iters
-                    stopped = "time budget" if over and not done else "done"
-                    finish = done or stopped != "done"
-                    improved = False
-                    if self.val_set is not None and (finish or (cfg.eval_every and self.iteration % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end)):
-                        metrics, improved = self.validate()
-                        evaluated_at = self.iteration
-                    if finish or improved or self.iteration % cfg.checkpoint_every == 0:
-                        self.save(best=improved)
-                        saved_at = self.iteration
-                    if finish:
-                        break
+            for batch, _ in self.batches_from_position() if self.iteration < self.total_iters else ():
+                losses, over = self.step(batch)
+                epoch_end = self.advance()
+                meter.add(losses)
+                bar.update(1)
+                done = self.iteration >= self.total_iters
+                if self.iteration % cfg.log_every == 0 or done:
+                    self._log_train(meter.flush(cfg.batch_size), bar)
+                stopped = "time budget" if over and not done else "done"
+                finish = done or over
+                improved = False
+                periodic = self.iteration % cfg.eval_every == 0 if cfg.eval_every else epoch_end
+                if self.val_set is not None and (finish or periodic):
+                    metrics, improved = self.validate()
+                    evaluated_at = self.iteration
+                if finish or improved or self.iteration % cfg.checkpoint_every == 0:
+                    self.save(best=improved)
+                    saved_at = self.iteration
+                if finish:
+                    break
             if saved_at != self.iteration:  # a run with no iterations to do
                 self.save(best=False)
             if self.val_set is not None and evaluated_at != self.iteration:
@@ -346,13 +377,11 @@ class Trainer:
         distributed.barrier()
         return TrainResult(self.run_dir, self.iteration, self.checkpoints.last(), metrics, stopped)
 
-    def _log_train(self, sums: dict, count: int, rate: float, bar) -> None:
-        values = {k: float(v) / count for k, v in sums.items()}
+    def _log_train(self, values: dict[str, float], bar) -> None:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
-        values["samples_per_s"] = rate
         if self.log is not None:
             self.log.write(self.iteration, self.epoch, "train", values)
-        bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}", sps=f"{rate:.1f}")
+        bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}", sps=f"{values['samples_per_s']:.1f}")
 
     def validate(self) -> tuple[dict | None, bool]:
         """Metrics on the validation split (rank 0) and whether they beat the best so far."""
@@ -399,6 +428,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progr
     """Train ``config`` into ``run_dir`` (under torchrun: one call per process)."""
     ctx = distributed.init(config.train.device)
     try:
-        return Trainer(config, run_dir, ctx, resume=resume, progress=progress).run()
+        with worker_errors():
+            return Trainer(config, run_dir, ctx, resume=resume, progress=progress).run()
     finally:
         distributed.shutdown()
