@@ -171,7 +171,6 @@ class EpochBatches(torch.utils.data.Sampler):
         batch_size: samples per batch on this rank.
         seed: base seed of the order.
         rank, world_size: this process's shard.
-        shuffle: False keeps file order (evaluation).
     """
 
     def __init__(
@@ -182,7 +181,6 @@ class EpochBatches(torch.utils.data.Sampler):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        shuffle: bool = True,
     ):
         if num_samples == 0:
             raise DataError("the training split has no samples")
@@ -191,7 +189,6 @@ class EpochBatches(torch.utils.data.Sampler):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.shuffle = shuffle
         self.epoch = 0
         self.start = 0
 
@@ -201,11 +198,8 @@ class EpochBatches(torch.utils.data.Sampler):
         self.start = start
 
     def _shard(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.num_samples, generator=g).tolist()
-        else:
-            order = list(range(self.num_samples))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=g).tolist()
         total = math.ceil(self.num_samples / self.world_size) * self.world_size
         while len(order) < total:
             order += order[: total - len(order)]
