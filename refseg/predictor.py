@@ -31,7 +31,9 @@ def merge_thresholds(base: Thresholds, override: Thresholds | dict | None) -> Th
     known = {f.name for f in dataclasses.fields(Thresholds)}
     unknown = set(override) - known
     if unknown:
-        raise ConfigError(f"thresholds: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"thresholds: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})"
+        )
     for key, value in override.items():
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise ConfigError(f"thresholds.{key}={value!r}: expected a number in [0, 1]")
@@ -56,7 +58,15 @@ class Predictor:
         source: the checkpoint it came from (for messages).
     """
 
-    def __init__(self, model, tokenizer, config, thresholds: Thresholds, device: torch.device, source: Path | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        config,
+        thresholds: Thresholds,
+        device: torch.device,
+        source: Path | None = None,
+    ):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.config = config
@@ -68,7 +78,9 @@ class Predictor:
     def image_size(self) -> int:
         return self.config.data.image_size
 
-    def predict(self, image: Any, sentence: str, *, thresholds: Thresholds | dict | None = None) -> RefResult:
+    def predict(
+        self, image: Any, sentence: str, *, thresholds: Thresholds | dict | None = None
+    ) -> RefResult:
         """One image and one sentence.
 
         Args:
@@ -115,7 +127,9 @@ class Predictor:
 
         return load_image(image, where=_describe(image, index))
 
-    def predict_pixels(self, pixels: list[np.ndarray], sentences: list[str], thresholds: Thresholds) -> list[RefResult]:
+    def predict_pixels(
+        self, pixels: list[np.ndarray], sentences: list[str], thresholds: Thresholds
+    ) -> list[RefResult]:
         """The model on already loaded (H, W, 3) uint8 images."""
         from refseg.engine.data import preprocess_image, warn_truncated
         from refseg.engine.evaluate import run_model
@@ -147,7 +161,9 @@ def load(checkpoint: str | Path, device: str | torch.device | None = None) -> Pr
 
     where = resolve_device(str(device) if device is not None else "auto")
     loaded = ckpt.load(checkpoint, device=where)
-    return Predictor(loaded.model, loaded.tokenizer, loaded.config, loaded.thresholds, where, loaded.path)
+    return Predictor(
+        loaded.model, loaded.tokenizer, loaded.config, loaded.thresholds, where, loaded.path
+    )
 
 
 def parse_threshold_overrides(items: list[str] | None) -> dict[str, float]:
@@ -160,6 +176,8 @@ def parse_threshold_overrides(items: list[str] | None) -> dict[str, float]:
                 raise ValueError
             out[key.strip()] = float(value)
         except ValueError:
-            raise ConfigError(f"--threshold {item!r}: expected KEY=NUMBER, e.g. no_target=0.7") from None
+            raise ConfigError(
+                f"--threshold {item!r}: expected KEY=NUMBER, e.g. no_target=0.7"
+            ) from None
     merge_thresholds(Thresholds(), out)  # checks the keys and ranges
     return out

@@ -56,7 +56,8 @@ def overlay(image: np.ndarray, result: RefResult, sentence: str, *, alpha: float
     if result.instances:
         for k, inst in enumerate(result.instances):
             if inst.mask is not None:
-                _tint(canvas, _enlarge(np.asarray(inst.mask, bool), zoom), PALETTE[k % len(PALETTE)], alpha)
+                mask = _enlarge(np.asarray(inst.mask, bool), zoom)
+                _tint(canvas, mask, PALETTE[k % len(PALETTE)], alpha)
     elif not result.no_target:
         _tint(canvas, _enlarge(np.asarray(result.mask, bool), zoom), PALETTE[0], alpha)
     picture = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
@@ -66,7 +67,8 @@ def overlay(image: np.ndarray, result: RefResult, sentence: str, *, alpha: float
     for k, inst in enumerate(result.instances):
         colour = PALETTE[k % len(PALETTE)]
         x1, y1, x2, y2 = (v * zoom for v in inst.box)
-        draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=colour, width=max(2, size // 6))
+        corners = (x1, y1, max(x1, x2 - 1), max(y1, y2 - 1))  # x2, y2 are pixel edges
+        draw.rectangle(corners, outline=colour, width=max(2, size // 6))
         label = f"{inst.score:.2f}"
         left, top, right, bottom = draw.textbbox((x1, y1), label, font=font)
         y = y1 - (bottom - top) - 4 if y1 - (bottom - top) - 4 >= 0 else y1

@@ -90,7 +90,9 @@ def build_model(config: TinyFilmConfig, tokenizer: WordTokenizer) -> TinyFilm:
     )
 
 
-def build_tokenizer(config: TinyFilmConfig, data: DataConfig, sentences: list[str]) -> WordTokenizer:
+def build_tokenizer(
+    config: TinyFilmConfig, data: DataConfig, sentences: list[str]
+) -> WordTokenizer:
     return WordTokenizer.build(sentences, max_length=data.max_text_length)
 
 
@@ -107,7 +109,8 @@ def tinyfilm_test() -> RunConfig:
         model=TinyFilmConfig(),
         data=DataConfig(format="grefcoco", image_size=32, max_text_length=6, num_workers=0),
         train=TrainConfig(
-            lr=1e-2, weight_decay=0.0, batch_size=2, epochs=3, checkpoint_every=3, log_every=1, device="cpu"
+            lr=1e-2, weight_decay=0.0, batch_size=2, epochs=3, checkpoint_every=3, log_every=1,
+            device="cpu",
         ),
     )
 

@@ -19,14 +19,17 @@ from refseg.modeling.base import Thresholds
 def parts(monkeypatch):
     register(monkeypatch)
     torch.manual_seed(0)
-    config = RunConfig(method="tinyfilm", model=TinyFilmConfig(thresholds=Thresholds(no_target=0.7)))
+    model = TinyFilmConfig(thresholds=Thresholds(no_target=0.7))
+    config = RunConfig(method="tinyfilm", model=model)
     tokenizer = WordTokenizer.build(["red square"], max_length=4)
     return config, tokenizer, build_model(config.model, tokenizer)
 
 
 def write(path, parts, **kwargs):
     config, tokenizer, model = parts
-    return checkpoint.write_checkpoint(path, model=model, config=config, tokenizer=tokenizer, **kwargs)
+    return checkpoint.write_checkpoint(
+        path, model=model, config=config, tokenizer=tokenizer, **kwargs
+    )
 
 
 def test_round_trip_restores_weights_config_tokenizer_and_thresholds(parts, tmp_path):
@@ -35,7 +38,8 @@ def test_round_trip_restores_weights_config_tokenizer_and_thresholds(parts, tmp_
     loaded = checkpoint.load(tmp_path / "ckpt")
     assert loaded.iteration == 7 and loaded.config == config
     assert loaded.thresholds == Thresholds(no_target=0.7)  # from the model config
-    assert torch.equal(loaded.tokenizer.encode(["a red square"]).input_ids, tokenizer.encode(["a red square"]).input_ids)
+    text = ["a red square"]
+    assert torch.equal(loaded.tokenizer.encode(text).input_ids, tokenizer.encode(text).input_ids)
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items()):
         assert torch.equal(a, b), k
     assert not loaded.model.training
@@ -55,7 +59,7 @@ def test_tied_weights_are_saved(parts, tmp_path):
     assert torch.equal(state["extra.weight"], state["tied.weight"])
 
 
-def test_rewrite_is_atomic_and_a_failed_write_leaves_the_old_checkpoint(parts, tmp_path, monkeypatch):
+def test_a_failed_rewrite_leaves_the_old_checkpoint(parts, tmp_path, monkeypatch):
     write(tmp_path / "ckpt", parts, iteration=1)
     config, tokenizer, model = parts
 

@@ -10,7 +10,14 @@ from engine_tinyfilm import WordTokenizer, synth
 from refseg.data.load import load_split
 from refseg.data.masks import rle_to_mask
 from refseg.data.nsc import NonReferentConversion
-from refseg.engine.data import IMAGENET_MEAN, IMAGENET_STD, Collate, EpochBatches, RefSegData, preprocess_image
+from refseg.engine.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Collate,
+    EpochBatches,
+    RefSegData,
+    preprocess_image,
+)
 from refseg.engine.postprocess import to_result, upsample_probs
 from refseg.modeling.base import Decision, Thresholds
 
@@ -53,7 +60,8 @@ def test_targets_at_network_size_map_back_onto_the_ground_truth(train_split):
         assert iou > 0.75, (sample.sentence, iou)
         # boxes are normalised xyxy of the referents
         x1, y1, x2, y2 = train_split.instance_boxes(sample)[0]
-        expected = torch.tensor([x1 / info.width, y1 / info.height, x2 / info.width, y2 / info.height])
+        w, h = info.width, info.height
+        expected = torch.tensor([x1 / w, y1 / h, x2 / w, y2 / h])
         assert torch.allclose(item.targets.boxes[0], expected)
 
 
@@ -121,9 +129,11 @@ def test_to_result_thresholds_boxes_and_no_target():
     assert result.mask.sum() == 4 and result.mask[1:3, 0:2].all()
     # the second instance has an empty mask and no model box: it is no instance
     assert len(result.instances) == 1
-    assert result.instances[0].box == (0.0, 1.0, 2.0, 3.0) and result.instances[0].score == pytest.approx(0.8)
+    assert result.instances[0].box == (0.0, 1.0, 2.0, 3.0)
+    assert result.instances[0].score == pytest.approx(0.8)
     # model boxes (normalised xyxy) are scaled to pixels and kept even with empty masks
-    boxed = Decision(False, 0.2, prob, other[None], torch.tensor([0.7]), torch.tensor([[0.25, 0.5, 0.75, 1.0]]))
+    box = torch.tensor([[0.25, 0.5, 0.75, 1.0]])
+    boxed = Decision(False, 0.2, prob, other[None], torch.tensor([0.7]), box)
     inst = to_result(boxed, 4, 8, Thresholds()).instances
     assert inst[0].box == (2.0, 2.0, 6.0, 4.0)
     nothing = to_result(Decision(True, 0.9, prob, prob[None], torch.ones(1)), 4, 4, Thresholds())

@@ -30,7 +30,8 @@ def trained(tmp_path_factory):
         root = tmp_path_factory.mktemp("eval")
         data = synth(root)
         config = run_config(
-            data, "train.epochs=1", "train.batch_size=4", "train.eval_every=10", "train.checkpoint_every=100"
+            data, "train.epochs=1", "train.batch_size=4", "train.eval_every=10",
+            "train.checkpoint_every=100",
         )
         result = train(config, root / "run", progress=False)
         yield data, result
@@ -75,7 +76,8 @@ def mixed(trained):
     with pytest.warns(UserWarning):  # some sentences are longer than 6 tokens
         nt = sorted(r.no_target_score for r in predictor.predict_batch(images, sentences))
         for mask in np.arange(0.95, 0.0, -0.05):
-            results = predictor.predict_batch(images, sentences, thresholds={"no_target": 1.0, "mask": mask})
+            chosen = {"no_target": 1.0, "mask": mask}
+            results = predictor.predict_batch(images, sentences, thresholds=chosen)
             if np.mean([r.mask.mean() for r in results]) >= 0.5:
                 break
     return ["--threshold", f"no_target={(nt[2] + nt[3]) / 2}", "--threshold", f"mask={mask:.2f}"]
@@ -84,7 +86,9 @@ def mixed(trained):
 def test_eval_metrics_equal_score_of_saved_predictions(trained, mixed, tmp_path):
     data, result = trained
     preds, m_eval, m_score = tmp_path / "p.jsonl", tmp_path / "eval.json", tmp_path / "score.json"
-    args = eval_args(data, result.checkpoint, "--save-predictions", str(preds), "--out", str(m_eval))
+    args = eval_args(
+        data, result.checkpoint, "--save-predictions", str(preds), "--out", str(m_eval)
+    )
     assert main(args + mixed) == 0
     assert main(["score", "--format", "grefcoco", "--data", str(data), "--split", "val",
                  "--predictions", str(preds), "--out", str(m_score)]) == 0
@@ -100,16 +104,17 @@ def test_eval_metrics_equal_score_of_saved_predictions(trained, mixed, tmp_path)
 def test_eval_thresholds_change_decisions(trained, tmp_path):
     data, result = trained
     always, never = tmp_path / "a.json", tmp_path / "n.json"
-    assert main(eval_args(data, result.checkpoint, "--threshold", "no_target=0", "--save-predictions", str(always))) == 0
-    assert main(eval_args(data, result.checkpoint, "--threshold", "no_target=1", "--save-predictions", str(never))) == 0
+    for value, path in (("0", always), ("1", never)):
+        args = ["--threshold", f"no_target={value}", "--save-predictions", str(path)]
+        assert main(eval_args(data, result.checkpoint, *args)) == 0
     assert all(p.no_target and not p.instances for p in read_predictions(always))
     assert not any(p.no_target for p in read_predictions(never))
 
 
 def torchrun(*args, nproc=2, timeout=180):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(TESTS / "engine_launch.py"), *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", str(TESTS / "engine_launch.py"), *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -132,11 +137,13 @@ def test_training_under_torchrun_validates_checkpoints_and_resumes(trained, tmp_
     data, _ = trained
     run = tmp_path / "ddp"
     args = ["train", "tinyfilm-test", f"data.root={data}", f"data.images={data / 'images'}",
-            "train.batch_size=4", "train.max_iters=6", "train.checkpoint_every=3", "train.eval_every=3",
+            "train.batch_size=4", "train.max_iters=6", "train.checkpoint_every=3",
+            "train.eval_every=3",
             "--out", str(run), "--no-progress"]
     torchrun(*args)
     assert checkpoint.read_meta(run / "checkpoints" / "last")["iteration"] == 6
-    vals = [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").open() if '"val"' in line]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    vals = [line["iteration"] for line in lines if "val" in line]
     assert vals == [3, 6]
     done = torchrun(*args, "--resume")  # both ranks load the state; nothing is left to do
     assert "6 iterations" in done.stdout
@@ -153,7 +160,8 @@ def test_eval_reports_a_corrupt_image_by_name(trained, tmp_path, capsys):
     victim.write_bytes(victim.read_bytes()[:60])  # a truncated PNG
     for workers in ("0", "1"):  # in a DataLoader worker too, the message stays one line
         code = main(["eval", str(result.checkpoint), "--format", "grefcoco", "--data", str(bad),
-                     "--images", str(bad / "images"), "--split", "val", "--workers", workers, "--no-progress"])
+                     "--images", str(bad / "images"), "--split", "val", "--workers", workers,
+                     "--no-progress"])
         err = capsys.readouterr().err
         assert code == 2
         errors = [line for line in err.splitlines() if line.startswith("refseg eval: error")]
@@ -196,5 +204,6 @@ def test_an_empty_sentence_in_a_split_is_an_error_and_long_ones_are_counted(trai
         assert len(predict_split(loaded.model, loaded.tokenizer, split, **kwargs)) == 6
     blank = dataclasses.replace(split.samples[2], sentence="  ")
     broken = dataclasses.replace(split, samples=split.samples[:2] + [blank] + split.samples[3:])
-    with pytest.raises(DataError, match=rf"sentence {blank.sent_id} \(.*grefs\(unc\)\.json\): empty or whitespace-only"):
+    named = rf"sentence {blank.sent_id} \(.*grefs\(unc\)\.json\): empty or whitespace-only"
+    with pytest.raises(DataError, match=named):
         predict_split(loaded.model, loaded.tokenizer, broken, **kwargs)

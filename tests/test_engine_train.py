@@ -58,7 +58,8 @@ def test_resume_after_kill_equals_uninterrupted_run(data, tmp_path, monkeypatch)
     assert checkpoint.read_meta(last)["iteration"] == 3
     monkeypatch.undo()
     register(monkeypatch)
-    resumed = train(run_config(data, "data.val_split="), tmp_path / "killed", resume=True, progress=False)
+    config = run_config(data, "data.val_split=")
+    resumed = train(config, tmp_path / "killed", resume=True, progress=False)
 
     assert resumed.iteration == 6
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "killed")
@@ -71,21 +72,24 @@ def test_resume_after_kill_equals_uninterrupted_run(data, tmp_path, monkeypatch)
     for k, v in state_a["optimizer"]["state"].items():
         assert torch.equal(v["exp_avg"], state_b["optimizer"]["state"][k]["exp_avg"])
     # The log reads as one run: iterations 1..6 once each (the killed run logged 4).
-    logged = [json.loads(line)["iteration"] for line in (tmp_path / "killed" / "metrics.jsonl").open()]
+    log = tmp_path / "killed" / "metrics.jsonl"
+    logged = [json.loads(line)["iteration"] for line in log.open()]
     assert logged == [1, 2, 3, 4, 5, 6]
 
 
 def test_resume_without_checkpoint_starts_fresh_and_rerun_needs_resume(data, tmp_path):
-    first = train(run_config(data, "data.val_split=", "train.epochs=1"), tmp_path / "run", resume=True, progress=False)
+    config = run_config(data, "data.val_split=", "train.epochs=1")
+    first = train(config, tmp_path / "run", resume=True, progress=False)
     assert first.iteration == 2
     with pytest.raises(ConfigError, match="already holds a run"):
-        train(run_config(data, "data.val_split=", "train.epochs=1"), tmp_path / "run", progress=False)
+        train(config, tmp_path / "run", progress=False)
 
 
 def test_resume_refuses_a_changed_config_but_allows_budget_keys(data, tmp_path):
     train(run_config(data, "data.val_split=", "train.epochs=1"), tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match=r"train\.lr"):
-        train(run_config(data, "data.val_split=", "train.epochs=1", "train.lr=0.5"), tmp_path / "run", resume=True)
+        changed = run_config(data, "data.val_split=", "train.epochs=1", "train.lr=0.5")
+        train(changed, tmp_path / "run", resume=True)
     again = train(
         run_config(data, "data.val_split=", "train.epochs=1", "train.max_minutes=30"),
         tmp_path / "run", resume=True, progress=False,
@@ -118,7 +122,8 @@ def test_nan_loss_stops_with_iteration_and_sent_ids_and_saves_nothing(data, tmp_
 
 
 def test_time_budget_stops_cleanly_with_a_checkpoint(data, tmp_path):
-    result = train(run_config(data, "data.val_split=", "train.max_minutes=1e-9"), tmp_path / "run", progress=False)
+    config = run_config(data, "data.val_split=", "train.max_minutes=1e-9")
+    result = train(config, tmp_path / "run", progress=False)
     assert result.stopped == "time budget"
     assert result.iteration == 1
     assert checkpoint.read_meta(result.checkpoint)["iteration"] == 1
@@ -126,7 +131,8 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(data, tmp_path):
 
 def test_run_directory_holds_config_logs_and_curves(data, tmp_path):
     run = tmp_path / "run"
-    train(run_config(data, "data.val_split=", "train.epochs=1", "train.lr=0.003"), run, progress=False)
+    config = run_config(data, "data.val_split=", "train.epochs=1", "train.lr=0.003")
+    train(config, run, progress=False)
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["lr"] == 0.003 and saved["method"] == "tinyfilm"
     lines = [json.loads(line) for line in (run / "metrics.jsonl").open()]
@@ -136,7 +142,8 @@ def test_run_directory_holds_config_logs_and_curves(data, tmp_path):
 
 
 def test_cli_train_rejects_unknown_override(data, tmp_path, capsys):
-    code = main(["train", "tinyfilm-test", f"data.root={data}", "train.bogus=1", "--out", str(tmp_path / "r")])
+    out = str(tmp_path / "r")
+    code = main(["train", "tinyfilm-test", f"data.root={data}", "train.bogus=1", "--out", out])
     assert code == 2
     assert "bogus" in capsys.readouterr().err
 
@@ -146,7 +153,8 @@ def test_cli_train_from_saved_config_json(data, tmp_path):
     assert main(["train", "tinyfilm-test", f"data.root={data}", f"data.images={data / 'images'}",
                  "data.val_split=", "train.epochs=1", "--out", str(run), "--no-progress"]) == 0
     again = tmp_path / "again"
-    assert main(["train", str(run / "config.json"), "train.epochs=2", "--out", str(again), "--no-progress"]) == 0
+    args = ["train", str(run / "config.json"), "train.epochs=2", "--out", str(again)]
+    assert main(args + ["--no-progress"]) == 0
     assert checkpoint.read_meta(again / "checkpoints" / "last")["iteration"] == 4
 
 

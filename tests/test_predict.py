@@ -169,7 +169,9 @@ def test_a_truncated_checkpoint_is_a_clear_error(ckpt, tmp_path, monkeypatch):
 # --- refseg predict --------------------------------------------------------------------
 
 
-def test_cli_predict_folder_writes_json_and_overlays_and_reports_bad_files(ckpt, predictor, picture, tmp_path, capsys):
+def test_cli_predict_folder_writes_json_and_overlays_and_reports_bad_files(
+    ckpt, predictor, picture, tmp_path, capsys
+):
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.fromarray(picture).save(folder / "a.png")
@@ -177,8 +179,8 @@ def test_cli_predict_folder_writes_json_and_overlays_and_reports_bad_files(ckpt,
     (folder / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (folder / "notes.txt").write_text("not an image, not listed")
     out = tmp_path / "out"
-    code = main(["predict", str(ckpt), "--image", str(folder), "--text", SENTENCE, "--out", str(out),
-                 "--device", "cpu", "--no-progress"])
+    code = main(["predict", str(ckpt), "--image", str(folder), "--text", SENTENCE,
+                 "--out", str(out), "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "c.png" in err
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.png", "b.json", "b.png"]
@@ -190,9 +192,12 @@ def test_cli_predict_folder_writes_json_and_overlays_and_reports_bad_files(ckpt,
     assert len(record["instances"]) == len(direct.instances)
     for inst, mine in zip(record["instances"], direct.instances):
         assert np.array_equal(rle_to_mask(inst["mask"]), mine.mask)
-        assert inst["box"] == pytest.approx(list(mine.box)) and inst["score"] == pytest.approx(mine.score)
+        assert inst["box"] == pytest.approx(list(mine.box))
+        assert inst["score"] == pytest.approx(mine.score)
     overlay = Image.open(out / "a.png")
-    assert overlay.width % 30 == 0 and overlay.width >= 384 and overlay.height > overlay.width * 20 // 30
+    # enlarged by an integer factor to at least 384 wide, with a header above
+    assert overlay.width % 30 == 0 and overlay.width >= 384
+    assert overlay.height > overlay.width * 20 // 30
 
 
 def test_cli_predict_overlay_shows_a_no_target_banner(ckpt, picture, tmp_path, monkeypatch):
@@ -201,7 +206,8 @@ def test_cli_predict_overlay_shows_a_no_target_banner(ckpt, picture, tmp_path, m
     for value, banner in (("0", True), ("1", False)):
         out = tmp_path / f"out{value}"
         assert main(["predict", str(ckpt), "--image", str(tmp_path / "a.png"), "--text", SENTENCE,
-                     "--out", str(out), "--threshold", f"no_target={value}", "--device", "cpu"]) == 0
+                     "--out", str(out), "--threshold", f"no_target={value}",
+                     "--device", "cpu"]) == 0
         top_left = Image.open(out / "a.png").convert("RGB").getpixel((0, 0))
         assert (top_left == NO_TARGET_RED) == banner
         assert json.loads((out / "a.json").read_text())["no_target"] == banner
@@ -211,7 +217,8 @@ def test_cli_predict_overlay_shows_a_no_target_banner(ckpt, picture, tmp_path, m
 def test_cli_predict_empty_text_is_an_error(ckpt, picture, tmp_path, capsys, monkeypatch, text):
     register(monkeypatch)
     Image.fromarray(picture).save(tmp_path / "a.png")
-    code = main(["predict", str(ckpt), "--image", str(tmp_path / "a.png"), "--text", text, "--out", str(tmp_path / "o")])
+    code = main(["predict", str(ckpt), "--image", str(tmp_path / "a.png"), "--text", text,
+                 "--out", str(tmp_path / "o")])
     assert code == 2 and "sentence --text: empty or whitespace-only" in capsys.readouterr().err
 
 

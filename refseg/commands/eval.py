@@ -8,24 +8,28 @@ from __future__ import annotations
 
 import argparse
 
+from refseg.data.types import FORMATS
+
+CHECKPOINT_HELP = "checkpoint directory, or a run directory (its best, else last checkpoint)"
+THRESHOLD_HELP = "override a saved threshold (no_target, instance, mask); repeatable"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best, else last)")
-    parser.add_argument("--format", required=True, help="grefcoco | refcoco | refzom | rrefcoco")
-    parser.add_argument("--data", required=True, help="folder with the refs file and instances.json")
-    parser.add_argument("--images", help="image folder")
-    parser.add_argument("--split", required=True, help="e.g. val, testA")
-    parser.add_argument("--split-by", help="the <splitBy> of refs(<splitBy>).p (default: the format's)")
-    parser.add_argument("--save-predictions", metavar="FILE", help="write the predictions file")
-    parser.add_argument("--out", metavar="METRICS_JSON", help="write the metrics as JSON")
-    parser.add_argument(
-        "--threshold", action="append", metavar="KEY=VALUE",
-        help="override a saved threshold (no_target, instance, mask); repeatable",
-    )
-    parser.add_argument(
-        "--eval-size", type=int, metavar="S",
-        help="score at S x S (nearest) as a network-resolution protocol does (default: original size)",
-    )
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    parser.add_argument("--format", required=True, choices=FORMATS, help="benchmark format")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="folder with the refs file and instances.json")
+    parser.add_argument("--images", metavar="DIR", help="image folder")
+    parser.add_argument("--split", required=True, metavar="S", help="e.g. val, testA")
+    parser.add_argument("--split-by", metavar="NAME",
+                        help="<splitBy> of refs(<splitBy>).p (default: the format's)")
+    parser.add_argument("--save-predictions", metavar="FILE",
+                        help="write the predictions file (.json list or .jsonl)")
+    parser.add_argument("--out", metavar="FILE", help="also write the metrics as JSON here")
+    parser.add_argument("--threshold", action="append", metavar="KEY=VALUE", help=THRESHOLD_HELP)
+    parser.add_argument("--eval-size", type=int, metavar="S",
+                        help="score at S x S (nearest) as a network-resolution protocol does "
+                             "(default: the original image size)")
     parser.add_argument("--grec-score-thr", type=float, default=0.7, metavar="T",
                         help="GREC keeps predicted boxes with score >= T (default 0.7)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -34,28 +38,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from refseg.data.load import load_split
-    from refseg.engine import checkpoint, distributed
-    from refseg.engine.evaluate import predict_split, score
+def _check(args: argparse.Namespace) -> None:
     from refseg.errors import ConfigError
-    from refseg.io.atomic import write_json
-    from refseg.metrics.scorer import format_table
-    from refseg.predictor import merge_thresholds, parse_threshold_overrides
 
-    overrides = parse_threshold_overrides(args.threshold)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.eval_size is not None and args.eval_size < 1:
         raise ConfigError(f"--eval-size {args.eval_size}: must be >= 1")
     if not 0.0 <= args.grec_score_thr <= 1.0:
         raise ConfigError(f"--grec-score-thr {args.grec_score_thr}: must be in [0, 1]")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from refseg.data.load import load_split
+    from refseg.engine import checkpoint, distributed
+    from refseg.engine.evaluate import predict_split, score
+    from refseg.io.atomic import write_json
+    from refseg.metrics.scorer import format_table
+    from refseg.predictor import merge_thresholds, parse_threshold_overrides
+
+    _check(args)
+    overrides = parse_threshold_overrides(args.threshold)
     ctx = distributed.init(args.device)
     try:
         loaded = checkpoint.load(args.checkpoint, device=ctx.device)
-        dataset = load_split(args.format, args.data, args.split, split_by=args.split_by, images=args.images)
+        dataset = load_split(
+            args.format, args.data, args.split, split_by=args.split_by, images=args.images
+        )
         predictions = predict_split(
             loaded.model,
             loaded.tokenizer,
@@ -73,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
                 from refseg.io.predictions import write_predictions
 
                 write_predictions(args.save_predictions, predictions)
-            metrics = score(dataset, predictions, eval_size=args.eval_size, grec_score_thr=args.grec_score_thr)
+            metrics = score(
+                dataset, predictions, eval_size=args.eval_size, grec_score_thr=args.grec_score_thr
+            )
             for warning in metrics["warnings"]:
                 print(f"refseg eval: warning: {warning}", file=sys.stderr)
             print(format_table(metrics, f"{loaded.path} on {args.format} {args.split}"))

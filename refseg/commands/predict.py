@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import argparse
 
+from refseg.commands.eval import CHECKPOINT_HELP, THRESHOLD_HELP
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best, else last)")
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--image", required=True, help="an image file or a folder of images")
     parser.add_argument("--text", required=True, help="the referring expression")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--threshold", action="append", metavar="KEY=VALUE",
-        help="override a saved threshold (no_target, instance, mask); repeatable",
-    )
+    parser.add_argument("--threshold", action="append", metavar="KEY=VALUE", help=THRESHOLD_HELP)
     parser.add_argument("--no-overlay", action="store_true", help="write only the JSON files")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -41,11 +40,14 @@ def list_images(path) -> list:
         raise DataError(f"{path}: no such image or folder")
     found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
-        raise DataError(f"{path}: no image files in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise DataError(f"{path}: no image files in this folder ({suffixes})")
     stems: dict[str, object] = {}
     for p in found:
         if p.stem in stems:
-            raise DataError(f"{path}: {stems[p.stem]} and {p.name} would write the same {p.stem}.json")
+            raise DataError(
+                f"{path}: {stems[p.stem]} and {p.name} would write the same {p.stem}.json"
+            )
         stems[p.stem] = p.name
     return found
 
@@ -94,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
-    bar = tqdm(total=len(images), unit="image", disable=args.no_progress or not folder, dynamic_ncols=True)
+    quiet = args.no_progress or not folder
+    bar = tqdm(total=len(images), unit="image", disable=quiet, dynamic_ncols=True)
     for start in range(0, len(images), max(1, args.batch_size)):
         chunk, pixels = [], []
         for path in images[start : start + args.batch_size]:
@@ -111,11 +114,13 @@ def run(args: argparse.Namespace) -> int:
             continue
         results = predictor.predict_pixels(pixels, [sentence] * len(chunk), thresholds)
         for path, image, result in zip(chunk, pixels, results):
-            write_json(out / f"{path.stem}.json", result_record(path, sentence, result, thresholds), indent=None)
+            record = result_record(path, sentence, result, thresholds)
+            write_json(out / f"{path.stem}.json", record, indent=None)
             if not args.no_overlay:
                 save_overlay(out / f"{path.stem}.png", image, result, sentence)
             bar.update(1)
     bar.close()
     written = len(images) - failures
-    print(f"{written} image(s) -> {out}" + (f"; {failures} unreadable image(s) skipped" if failures else ""))
+    skipped = f"; {failures} unreadable image(s) skipped" if failures else ""
+    print(f"{written} image(s) -> {out}{skipped}")
     return 2 if failures else 0

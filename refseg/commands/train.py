@@ -6,10 +6,13 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a named config (e.g. instalign-tiny) or a run's config.json")
+    parser.add_argument(
+        "config", help="a named config (e.g. instalign-tiny) or a run's config.json"
+    )
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
-        help="type-checked overrides, e.g. train.lr=5e-4 data.root=data/synth (unknown keys are errors)",
+        help="type-checked overrides, e.g. train.lr=5e-4 data.root=data/synth "
+             "(an unknown key is an error)",
     )
     parser.add_argument("--out", help="run directory (default: runs/<config name>)")
     parser.add_argument(

@@ -172,7 +172,8 @@ class CheckpointDir:
         return link if (link / CONFIG).exists() else None
 
     def _prune(self) -> None:
-        keep = {os.readlink(self.root / n) for n in ("last", "best") if (self.root / n).is_symlink()}
+        links = [self.root / name for name in ("last", "best")]
+        keep = {os.readlink(link) for link in links if link.is_symlink()}
         for entry in self.root.iterdir():
             if entry.name.startswith("iter_") and entry.name not in keep:
                 shutil.rmtree(entry, ignore_errors=True)
@@ -317,7 +318,8 @@ def load_train_state(path: str | Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing; this checkpoint cannot resume training") from None
     except Exception as exc:  # truncated zip, bad pickle opcode, disallowed global
-        raise CheckpointError(f"{file}: truncated or corrupt ({type(exc).__name__}: {exc})") from None
+        reason = f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"{file}: truncated or corrupt ({reason})") from None
 
 
 # ---------------------------------------------------------------------------- RNG state

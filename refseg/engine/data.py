@@ -90,7 +90,9 @@ class RefSegData(torch.utils.data.Dataset):
             (epoch, index) so a sample's fate is the same in a resumed run.
     """
 
-    def __init__(self, dataset: RefDataset, image_size: int, *, with_targets: bool = True, nsc=None):
+    def __init__(
+        self, dataset: RefDataset, image_size: int, *, with_targets: bool = True, nsc=None
+    ):
         self.dataset = dataset
         self.image_size = image_size
         self.with_targets = with_targets
@@ -118,7 +120,9 @@ class RefSegData(torch.utils.data.Dataset):
                 f"{path}: image is {height}x{width} (h x w, as displayed), instances.json says "
                 f"{info.height}x{info.width} (image {info.id})"
             )
-        targets = build_targets(self.dataset, sample, self.image_size) if self.with_targets else None
+        targets = None
+        if self.with_targets:
+            targets = build_targets(self.dataset, sample, self.image_size)
         return Item(
             image=preprocess_image(pixels, self.image_size),
             sentence=sample.sentence,
@@ -249,5 +253,6 @@ def warn_truncated(sentences: list[str], truncated, max_length: int) -> None:
     for sentence, cut in zip(sentences, truncated):
         if cut:
             warnings.warn(
-                f"sentence longer than {max_length} tokens, truncated: {sentence[:60]!r}", stacklevel=3
+                f"sentence longer than {max_length} tokens, truncated: {sentence[:60]!r}",
+                stacklevel=3,
             )

@@ -91,7 +91,9 @@ def predict_split(
             for batch, items in loader:
                 sizes = [(item.height, item.width) for item in items]
                 results = run_model(model, batch.to(ctx.device), sizes, thresholds, amp=amp)
-                predictions += [prediction_from_result(i.sent_id, r) for r, i in zip(results, items)]
+                predictions += [
+                    prediction_from_result(i.sent_id, r) for r, i in zip(results, items)
+                ]
                 truncated += sum(item.truncated for item in items)
                 bar.update(1)
     finally:
@@ -124,11 +126,14 @@ def numbers(metrics: dict) -> dict[str, float]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value)
         elif isinstance(value, dict) and key not in ("protocol", "counts"):
-            out.update({f"{key}/{k}": float(v) for k, v in value.items() if isinstance(v, (int, float))})
+            nested = {k: v for k, v in value.items() if isinstance(v, (int, float))}
+            out.update({f"{key}/{k}": float(v) for k, v in nested.items()})
     return out
 
 
 def _progress(total: int, enabled: bool, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, unit="batch", leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total, desc=desc, disable=not enabled, unit="batch", leave=False, dynamic_ncols=True
+    )

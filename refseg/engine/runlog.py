@@ -40,9 +40,13 @@ class RunLog:
         tensorboard: also write TensorBoard events under ``<run_dir>/tensorboard``.
     """
 
-    def __init__(self, run_dir: str | Path, *, resume_from: int | None = None, tensorboard: bool = True):
+    def __init__(
+        self, run_dir: str | Path, *, resume_from: int | None = None, tensorboard: bool = True
+    ):
         self.path = Path(run_dir) / METRICS_FILE
-        kept = [e for e in read_log(self.path) if resume_from is not None and e["iteration"] <= resume_from]
+        kept = []
+        if resume_from is not None:
+            kept = [e for e in read_log(self.path) if e["iteration"] <= resume_from]
         write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
         self._file = open(self.path, "a", buffering=1)
         self._writer = None

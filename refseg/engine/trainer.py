@@ -132,7 +132,8 @@ def resolve_config(spec: str, overrides: list[str]) -> RunConfig:
 def check_resumable(config: RunConfig, saved: RunConfig, where: Path) -> None:
     """A resumed run must compute what the killed one did (a few keys may change)."""
     new, old = flat_config(config), flat_config(saved)
-    changed = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k) and k not in RESUMABLE_CHANGES)
+    keys = (set(new) | set(old)) - RESUMABLE_CHANGES
+    changed = sorted(k for k in keys if new.get(k) != old.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
         raise ConfigError(f"{where}: --resume with a config that differs from the run's ({diffs})")
@@ -150,50 +151,34 @@ class Trainer:
         progress: show a progress bar (rank 0).
     """
 
-    def __init__(self, config: RunConfig, run_dir: str | Path, ctx: distributed.DistContext, *, resume: bool = False, progress: bool = True):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        ctx: distributed.DistContext,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+    ):
         self.config = config
         self.run_dir = Path(run_dir)
         self.ctx = ctx
         self.progress = progress
         self.checkpoints = checkpoint.CheckpointDir(self.run_dir / "checkpoints")
-        cfg = config.train
         self._check_config()
         self.start_time = time.monotonic()
         self.train_set, self.val_set = self._load_data()
-
         resume_from = self.checkpoints.last() if resume else None
         if not resume and self.checkpoints.last() is not None:
             raise ConfigError(
-                f"{self.run_dir}: already holds a run; pass --resume to continue it or choose another --out"
+                f"{self.run_dir}: already holds a run; pass --resume to continue it or "
+                "choose another --out"
             )
-        from refseg.methods.registry import get_method
-
-        method = get_method(config.method)
-        seed_everything(cfg.seed)
-        if resume_from is not None:
-            check_resumable(config, checkpoint.read_config(resume_from), resume_from / checkpoint.CONFIG)
-            self.tokenizer = checkpoint.load_tokenizer(resume_from, config)
-        else:
-            sentences = [s.sentence for s in self.train_set.samples]
-            self.tokenizer = method.build_tokenizer(config.model, config.data, sentences)
-        self.model = method.build_model(config.model, self.tokenizer)
-        if resume_from is not None:
-            checkpoint.load_weights(self.model, resume_from, config.method)
-        self.model.to(ctx.device).train()
-        self.thresholds = checkpoint.thresholds_of(config.model)
-
-        self.per_rank_batch = cfg.batch_size // ctx.world_size
-        self.batches = EpochBatches(
-            len(self.train_set), self.per_rank_batch, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
-        )
-        self.iters_per_epoch = self.batches.batches_per_epoch()
-        self.total_iters = cfg.max_iters or cfg.epochs * self.iters_per_epoch
-        self.optimizer = build_optimizer(self.model.param_groups(cfg.lr), cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_iters, self.iters_per_epoch)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and ctx.device.type == "cuda")
+        seed_everything(config.train.seed)
+        self._build_model(resume_from)
+        self._build_optimisation()
         self.data = RefSegData(self.train_set, config.data.image_size, nsc=self._nsc())
         self.collate = Collate(self.tokenizer, self.train_set.source)
-
         self.iteration = self.epoch = self.position = 0
         self.best = None  # best primary validation metric so far
         if resume_from is not None:
@@ -214,24 +199,67 @@ class Trainer:
     def _check_config(self) -> None:
         cfg, data = self.config.train, self.config.data
         if not data.root:
-            raise ConfigError("data.root is not set (the benchmark folder, e.g. data.root=data/synth)")
+            raise ConfigError(
+                "data.root is not set (the benchmark folder, e.g. data.root=data/synth)"
+            )
         if cfg.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"train.amp={cfg.amp}: expected none, bf16 or fp16")
         if cfg.amp != "none" and self.ctx.device.type != "cuda":
-            warnings.warn(f"train.amp={cfg.amp} is for GPUs; training in float32 on {self.ctx.device}")
+            warnings.warn(
+                f"train.amp={cfg.amp} is for GPUs; training in float32 on {self.ctx.device}"
+            )
         if cfg.batch_size < self.ctx.world_size or cfg.batch_size % self.ctx.world_size:
             raise ConfigError(
-                f"train.batch_size={cfg.batch_size}: must be a multiple of the {self.ctx.world_size} processes"
+                f"train.batch_size={cfg.batch_size}: must be a multiple of the "
+                f"{self.ctx.world_size} processes"
             )
         for key in ("checkpoint_every", "log_every"):
             if getattr(cfg, key) < 1:
                 raise ConfigError(f"train.{key}={getattr(cfg, key)}: must be >= 1")
 
+    def _build_model(self, resume_from: Path | None) -> None:
+        """Tokenizer and model: fresh, or those of the checkpoint a resumed run continues."""
+        from refseg.methods.registry import get_method
+
+        config = self.config
+        method = get_method(config.method)
+        if resume_from is not None:
+            saved = checkpoint.read_config(resume_from)
+            check_resumable(config, saved, resume_from / checkpoint.CONFIG)
+            self.tokenizer = checkpoint.load_tokenizer(resume_from, config)
+        else:
+            sentences = [s.sentence for s in self.train_set.samples]
+            self.tokenizer = method.build_tokenizer(config.model, config.data, sentences)
+        self.model = method.build_model(config.model, self.tokenizer)
+        if resume_from is not None:
+            checkpoint.load_weights(self.model, resume_from, config.method)
+        self.model.to(self.ctx.device).train()
+        self.thresholds = checkpoint.thresholds_of(config.model)
+
+    def _build_optimisation(self) -> None:
+        """Batch order, length, optimiser, LR schedule and (fp16) gradient scaler."""
+        cfg, ctx = self.config.train, self.ctx
+        self.per_rank_batch = cfg.batch_size // ctx.world_size
+        self.batches = EpochBatches(
+            len(self.train_set), self.per_rank_batch, seed=cfg.seed, rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
+        self.iters_per_epoch = self.batches.batches_per_epoch()
+        self.total_iters = cfg.max_iters or cfg.epochs * self.iters_per_epoch
+        self.optimizer = build_optimizer(self.model.param_groups(cfg.lr), cfg)
+        self.scheduler = build_scheduler(
+            self.optimizer, cfg, self.total_iters, self.iters_per_epoch
+        )
+        fp16 = cfg.amp == "fp16" and ctx.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+
     def _load_data(self):
         from refseg.data.load import load_splits
 
         data = self.config.data
-        splits = load_splits(data.format, data.root, split_by=data.split_by or None, images=data.images or None)
+        splits = load_splits(
+            data.format, data.root, split_by=data.split_by or None, images=data.images or None
+        )
         wanted = [data.train_split] + ([data.val_split] if data.val_split else [])
         for name in wanted:
             if name not in splits:
@@ -254,7 +282,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.iteration, self.epoch, self.position = state["iteration"], state["epoch"], state["position"]
+        self.iteration = state["iteration"]
+        self.epoch, self.position = state["epoch"], state["position"]
         self.best = state.get("best")
         checkpoint.restore_rng(state["rng"])
 
@@ -284,14 +313,17 @@ class Trainer:
             outputs = self.wrapped(batch)
             losses = self.model.loss(outputs, batch)
         loss = losses["loss"]
-        nonfinite, over = distributed.any_rank([not bool(torch.isfinite(loss)), self.over_budget()], self.ctx.device)
+        nonfinite, over = distributed.any_rank(
+            [not bool(torch.isfinite(loss)), self.over_budget()], self.ctx.device
+        )
         if nonfinite:
             raise self._nonfinite("loss", losses, batch.sent_ids)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure only
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         # fp16: the scaler skips steps with inf gradients by design; otherwise they are fatal.
         if not self.scaler.is_enabled() and not bool(torch.isfinite(norm)):
             raise self._nonfinite("gradient norm", losses, batch.sent_ids)
@@ -304,7 +336,7 @@ class Trainer:
         ids = [i for part in distributed.all_gather_object(list(sent_ids)) for i in part]
         terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
         last = self.checkpoints.last()
-        kept = f"last checkpoint {last.resolve()} is intact" if last else "no checkpoint was written"
+        kept = f"last checkpoint {last.resolve()} is intact" if last else "no checkpoint written"
         return NonFiniteLoss(
             f"non-finite {what} at iteration {self.iteration + 1} (epoch {self.epoch}); "
             f"batch sent_ids {ids}; losses {terms}; {kept}"
@@ -317,7 +349,8 @@ class Trainer:
             self.batches.set_epoch(self.epoch, self.position)
             self.data.set_epoch(self.epoch)
             seed = self.config.train.seed * 100_003 + self.epoch
-            yield from loader(self.data, self.batches, self.collate, num_workers=self.config.data.num_workers, seed=seed)
+            workers = self.config.data.num_workers
+            yield from loader(self.data, self.batches, self.collate, num_workers=workers, seed=seed)
 
     def advance(self) -> bool:
         """Count one step; True when it ended an epoch."""
@@ -341,8 +374,9 @@ class Trainer:
         metrics, stopped = None, "done"
         saved_at = self.iteration if self.iteration else -1  # a resumed run starts saved
         evaluated_at = -1
+        batches = self.batches_from_position() if self.iteration < self.total_iters else ()
         try:
-            for batch, _ in self.batches_from_position() if self.iteration < self.total_iters else ():
+            for batch, _ in batches:
                 losses, over = self.step(batch)
                 epoch_end = self.advance()
                 meter.add(losses)
@@ -381,7 +415,8 @@ class Trainer:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.log is not None:
             self.log.write(self.iteration, self.epoch, "train", values)
-        bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}", sps=f"{values['samples_per_s']:.1f}")
+        loss = values.get("loss", float("nan"))
+        bar.set_postfix(loss=f"{loss:.4f}", sps=f"{values['samples_per_s']:.1f}")
 
     def validate(self) -> tuple[dict | None, bool]:
         """Metrics on the validation split (rank 0) and whether they beat the best so far."""
@@ -404,7 +439,8 @@ class Trainer:
         values = numbers(metrics)
         self.log.write(self.iteration, self.epoch, "val", values)
         for warning in metrics.get("warnings", []):
-            print(f"refseg train: validation at iteration {self.iteration}: warning: {warning}", file=sys.stderr)
+            where = f"refseg train: validation at iteration {self.iteration}"
+            print(f"{where}: warning: {warning}", file=sys.stderr)
         value = values.get(PRIMARY_METRIC.get(cfg.data.format))
         improved = value is not None and (self.best is None or value > self.best)
         if improved:
@@ -424,7 +460,9 @@ class Trainer:
             )
 
 
-def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(
+    config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> TrainResult:
     """Train ``config`` into ``run_dir`` (under torchrun: one call per process)."""
     ctx = distributed.init(config.train.device)
     try:
