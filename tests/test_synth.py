@@ -297,6 +297,9 @@ def test_argument_errors(tmp_path):
         generate(tmp_path, layout="refclef")
     with pytest.raises(ConfigError, match="--size"):
         generate(tmp_path, size=8)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="--out"):
+        generate(tmp_path / "file", images=4)
     assert main(["synth", "--out", str(tmp_path), "--images", "2"]) == 2
 
 

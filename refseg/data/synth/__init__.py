@@ -56,7 +56,10 @@ def generate(out: str | Path, *, layout: str = "grefcoco", images: int = 1000,
     """
     _check(layout, images, size, seed)
     out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create {out / 'images'} ({exc.strerror})") from None
     for name in {*REFS_FILES.values(), SCENES_FILE}:
         (out / name).unlink(missing_ok=True)  # no stale refs file may present this as done
 
