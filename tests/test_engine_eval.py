@@ -207,3 +207,18 @@ def test_an_empty_sentence_in_a_split_is_an_error_and_long_ones_are_counted(trai
     named = rf"sentence {blank.sent_id} \(.*grefs\(unc\)\.json\): empty or whitespace-only"
     with pytest.raises(DataError, match=named):
         predict_split(loaded.model, loaded.tokenizer, broken, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size 0: must be >= 1"),
+        (["--eval-size", "0"], "--eval-size 0: must be >= 1"),
+        (["--grec-score-thr", "1.5"], "--grec-score-thr 1.5: must be in [0, 1]"),
+        (["--threshold", "mask=7"], "thresholds.mask=7.0: expected a number in [0, 1]"),
+    ],
+)
+def test_eval_bad_options_are_one_line_errors(trained, capsys, option, message):
+    data, result = trained
+    assert main(eval_args(data, result.checkpoint, *option)) == 2
+    assert message in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -168,3 +169,38 @@ def test_lr_schedules_hand_computed():
     assert [lr_factor(i, warm, 100, 4) for i in (0, 3, 4)] == pytest.approx([0.25, 1.0, 1.0])
     with pytest.raises(ConfigError, match="lr_schedule"):
         lr_factor(0, TrainConfig(lr_schedule="cosine"), 10, 5)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.amp=fp32", "train.amp=fp32: expected none, bf16 or fp16"),
+        ("train.checkpoint_every=0", "train.checkpoint_every=0: must be >= 1"),
+        ("data.root=", "data.root is not set"),
+        ("data.val_split=dev", "no split 'dev' (has train, val, testA, testB)"),
+    ],
+)
+def test_bad_run_configs_are_one_line_errors(data, tmp_path, override, message):
+    from refseg.errors import DataError
+
+    with pytest.raises((ConfigError, DataError), match=re.escape(message)):
+        train(run_config(data, override), tmp_path / "run", progress=False)
+
+
+def test_global_batch_must_split_evenly_over_processes(data, tmp_path):
+    from refseg.engine.distributed import DistContext
+
+    config = run_config(data, "train.batch_size=4")
+    with pytest.raises(ConfigError, match="batch_size=4: must be a multiple of the 3 processes"):
+        Trainer(config, tmp_path / "run", DistContext(rank=0, world_size=3))
+
+
+def test_an_image_of_another_size_than_instances_json_is_an_error(data, tmp_path):
+    from PIL import Image
+
+    from refseg.errors import DataError
+
+    image = data / "images" / sorted(p.name for p in (data / "images").iterdir())[0]
+    Image.new("RGB", (7, 5)).save(image)
+    with pytest.raises(DataError, match=rf"{image.name}: image is 5x7 .*instances.json says"):
+        train(run_config(data, "data.val_split="), tmp_path / "run", progress=False)

@@ -228,3 +228,25 @@ def test_cli_predict_single_corrupt_image_is_an_error(ckpt, tmp_path, capsys, mo
     code = main(["predict", str(ckpt), "--image", str(tmp_path / "x.jpg"), "--text", SENTENCE,
                  "--out", str(tmp_path / "o"), "--device", "cpu"])
     assert code == 2 and "x.jpg" in capsys.readouterr().err
+
+
+def test_cli_predict_rejects_empty_folders_clashing_names_and_bad_thresholds(
+    ckpt, picture, tmp_path, capsys, monkeypatch
+):
+    register(monkeypatch)
+    (tmp_path / "empty").mkdir()
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    Image.fromarray(picture).save(clash / "a.png")
+    Image.fromarray(picture).save(clash / "a.jpg")
+    cases = [
+        (["--image", str(tmp_path / "empty")], "no image files in this folder"),
+        (["--image", str(clash)], "a.jpg and a.png would write the same a.json"),
+        (["--image", str(tmp_path / "missing.png")], "no such image or folder"),
+        (["--image", str(clash / "a.png"), "--threshold", "no_target"], "expected KEY=NUMBER"),
+        (["--image", str(clash / "a.png"), "--threshold", "nt=0.5"], "unknown keys ['nt']"),
+    ]
+    for extra, message in cases:
+        out = str(tmp_path / "o")
+        code = main(["predict", str(ckpt), "--text", SENTENCE, "--out", out, *extra])
+        assert code == 2 and message in capsys.readouterr().err
