@@ -204,3 +204,43 @@ def test_an_image_of_another_size_than_instances_json_is_an_error(data, tmp_path
     Image.new("RGB", (7, 5)).save(image)
     with pytest.raises(DataError, match=rf"{image.name}: image is 5x7 .*instances.json says"):
         train(run_config(data, "data.val_split="), tmp_path / "run", progress=False)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(data, tmp_path):
+    """A real kill -9 of a training process: the last checkpoint is whole, and resuming ends
+    with the weights of the uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    args = ["train", "tinyfilm-test", f"data.root={data}", f"data.images={data / 'images'}",
+            "data.val_split=", "train.max_iters=120", "train.checkpoint_every=4", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(tests), OMP_NUM_THREADS="1")
+    launch = [sys.executable, str(tests / "engine_launch.py")]
+    subprocess.run(launch + args + ["--out", str(tmp_path / "straight")], env=env, check=True,
+                   capture_output=True, timeout=300)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(launch + args + ["--out", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            last = run / "checkpoints" / "last"
+            if last.exists() and checkpoint.read_meta(last)["iteration"] >= 40:
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = checkpoint.read_meta(run / "checkpoints" / "last")["iteration"]
+    assert 40 <= killed_at < 120
+    subprocess.run(launch + args + ["--out", str(run), "--resume"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    a, b = weights(tmp_path / "straight"), weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
