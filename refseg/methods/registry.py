@@ -58,14 +58,19 @@ def variants() -> dict[str, Callable]:
     out = {}
     for method in _MODULES:
         try:
-            out.update(_module(method).VARIANTS)
+            out.update(getattr(_module(method), "VARIANTS", {}))
         except ConfigError:
             continue
     return out
 
 
 def variant(name: str):
-    """A fresh RunConfig for a named variant."""
+    """A fresh RunConfig for a named variant (its method is the name's first word)."""
+    method = name.split("-", 1)[0]
+    if method in _MODULES:
+        table = getattr(_module(method), "VARIANTS", {})
+        if name in table:
+            return table[name]()
     table = variants()
     if name not in table:
         raise ConfigError(f"unknown config {name!r} (known: {', '.join(sorted(table))})")
