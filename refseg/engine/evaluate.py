@@ -104,7 +104,7 @@ def predict_split(
     if truncated and ctx.is_main:
         warnings.warn(
             f"{dataset.source}: {truncated} of {n} sentences of split '{dataset.split}' are longer "
-            f"than {getattr(tokenizer, 'max_length', 'the')} tokens and were truncated",
+            f"than {tokenizer.max_length} tokens and were truncated",
             stacklevel=2,
         )
     by_id = {p.sent_id: p for part, _ in parts for p in part}
