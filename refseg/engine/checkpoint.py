@@ -158,15 +158,6 @@ class CheckpointDir:
         self._prune()
         return path
 
-    def mark_best(self, iteration: int) -> bool:
-        """Point ``best`` at an existing checkpoint of ``iteration``; False if none."""
-        name = self.name(iteration)
-        if not (self.root / name / CONFIG).exists():
-            return False
-        point_link(self.root / "best", name)
-        self._prune()
-        return True
-
     def last(self) -> Path | None:
         link = self.root / "last"
         return link if (link / CONFIG).exists() else None
