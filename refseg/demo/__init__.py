@@ -1,0 +1,1 @@
+"""The quick-start job: synthetic benchmark -> training -> evaluation -> report."""
