@@ -25,7 +25,11 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refseg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="refseg",
+        description="Referring expression segmentation and comprehension: data, training, "
+        "evaluation and inference.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         try:
@@ -40,8 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_warnings(command: str) -> None:
+    """Print warnings as ``refseg CMD: warning: ...`` instead of with file:line."""
+    import warnings
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        return f"refseg {command}: warning: {message}\n"
+
+    warnings.formatwarning = formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _plain_warnings(args.command)
     try:
         return int(args._run(args) or 0)
     except RefsegError as exc:
