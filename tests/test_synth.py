@@ -21,7 +21,7 @@ from refseg.data.synth.expressions import (Expression, Phrase, Sampler, Thing, p
 from refseg.data.synth.scenes import COLORS
 from refseg.errors import ConfigError
 
-S = 100  # side of the hand-built scenes: MARGIN is 8 px, BAND 6 px
+S = 100  # side of the hand-built scenes: MARGIN is 8 px, BAND 10 px
 
 
 def sq(color, x, y, size="big", shape="square"):
@@ -53,7 +53,7 @@ def test_attributes_counts_and_sets():
 
 
 def test_absolute_positions_and_ordinals():
-    things = [Thing("triangle", "red", "big", 20, 40), Thing("triangle", "blue", "big", 45, 20),
+    things = [Thing("triangle", "red", "big", 20, 35), Thing("triangle", "blue", "big", 45, 20),
               Thing("triangle", "red", "small", 80, 85), Thing("circle", "red", "big", 25, 97)]
     assert resolve(parse("the leftmost triangle"), things, S) == {0}
     assert resolve(parse("the rightmost red shape"), things, S) == {2}

@@ -36,7 +36,7 @@ ORDINALS = {2: "second", 3: "third"}
 # objects it separates are at least MARGIN apart, and "on the left" only when no
 # candidate lies within BAND of the middle line.
 MARGIN = 0.08
-BAND = 0.06
+BAND = 0.1
 # "A above B" holds when A is at least twice as far up as it is to the side, and clearly
 # fails when it is 1.5 times further to the side than up (or not up at all).
 DOMINANT = 2.0
