@@ -6,9 +6,9 @@ writes them in one of the published layouts, so every reader, model and metric i
 runs on it offline. Same arguments, same bytes.
 
 Files, all under ``out``: ``instances.json``, ``images/*.png``, the layout's refs file
-(`REFS_FILES`), and ``synth_scenes.json`` (the arguments and each object's shape, colour,
-size and centre by annotation id; not part of any published layout). The refs file is written last, atomically: a directory
-with a refs file is complete.
+(`REFS_FILES`), and ``synth_scenes.json`` (the arguments and each object's shape,
+colour, size and centre by annotation id; not part of any published layout). The refs
+file is written last, atomically: a directory with a refs file is complete.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from refseg.data.synth.expressions import Sampler, Thing
-from refseg.data.synth.layouts import (REFS_FILES, SPLITS, ImageRecord, instances,
-                                       ref_records, split_of, write_refs)
+from refseg.data.synth.layouts import (REFS_FILES, SPLITS, ImageRecord, annotations,
+                                       instances, ref_records, split_of, write_refs)
 from refseg.data.synth.refs import ShareKeeper, plan_classic, plan_generalized
 from refseg.data.synth.scenes import render_scene
 from refseg.data.types import FORMATS
@@ -121,7 +121,8 @@ def _build(layout, images, size, seed, image_dir: Path) -> list[ImageRecord]:
             plans = plan_classic(sampler, language, negatives=int(layout == "rrefcoco"))
         ann_ids = list(range(next_ann, next_ann + len(scene.objects)))
         next_ann += len(scene.objects)
-        records.append(ImageRecord(image_id, file_name, split, scene, ann_ids, plans))
+        records.append(ImageRecord(image_id, file_name, size, split, scene.objects, ann_ids,
+                                   annotations(scene, image_id, ann_ids), plans))
     return records
 
 
@@ -148,7 +149,7 @@ def _scenes_file(layout, images, size, seed, records) -> dict:
             "split": split_of(layout, r.split),
             "objects": [{"ann_id": a, "shape": o.shape, "color": o.color, "size": o.size,
                          "center": list(o.center), "radius": o.radius}
-                        for a, o in zip(r.ann_ids, r.scene.objects)],
+                        for a, o in zip(r.ann_ids, r.objects)],
         } for r in records],
     }
 

@@ -16,11 +16,9 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 
-import numpy as np
-from pycocotools import mask as mask_utils
-
+from refseg.data.masks import mask_to_rle, rle_area, rle_to_box
 from refseg.data.synth.refs import RefPlan
-from refseg.data.synth.scenes import SHAPES, Scene
+from refseg.data.synth.scenes import SHAPES, Scene, SceneObject
 from refseg.io.atomic import write_bytes, write_json
 
 REFS_FILES = {
@@ -42,45 +40,44 @@ PICKLE_PROTOCOL = 2  # what the original refer code (Python 2 era) wrote
 
 @dataclass
 class ImageRecord:
-    """One generated image: its ids, split, scene and refs."""
+    """One generated image: its ids, split, objects, COCO annotations and refs (its
+    pixels and masks are written and dropped as soon as it is made)."""
 
     image_id: int
     file_name: str
+    side: int
     split: str
-    scene: Scene
-    ann_ids: list[int]  # per scene object
+    objects: list[SceneObject]
+    ann_ids: list[int]  # per object
+    annotations: list[dict]
     refs: list[RefPlan]
 
 
-def annotations(record: ImageRecord) -> list[dict]:
+def annotations(scene: Scene, image_id: int, ann_ids: list[int]) -> list[dict]:
     """COCO annotations of one image's objects (visible masks; bbox xywh of the visible part)."""
     out = []
-    side = record.scene.side
-    for k, (obj, visible) in enumerate(zip(record.scene.objects, record.scene.visible)):
-        rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
-        if record.scene.is_occluded(k):
-            segmentation = {"size": [side, side], "counts": rle["counts"].decode("ascii")}
-        else:
-            segmentation = [list(obj.polygon)]
+    for k, (obj, visible) in enumerate(zip(scene.objects, scene.visible)):
+        rle = mask_to_rle(visible)
+        segmentation = rle if scene.is_occluded(k) else [list(obj.polygon)]
+        x1, y1, x2, y2 = rle_to_box(rle)
         out.append({
-            "id": record.ann_ids[k],
-            "image_id": record.image_id,
+            "id": ann_ids[k],
+            "image_id": image_id,
             "category_id": CATEGORY_ID[obj.shape],
             "segmentation": segmentation,
-            "area": float(mask_utils.area(rle)),
-            "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+            "area": float(rle_area(rle)),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
             "iscrowd": 0,
         })
     return out
 
 
 def instances(records: list[ImageRecord]) -> dict:
-    side = records[0].scene.side if records else 0
     return {
         "info": {"description": "refseg synthetic referring-expression benchmark"},
-        "images": [{"id": r.image_id, "file_name": r.file_name, "height": side, "width": side}
-                   for r in records],
-        "annotations": [a for r in records for a in annotations(r)],
+        "images": [{"id": r.image_id, "file_name": r.file_name, "height": r.side,
+                    "width": r.side} for r in records],
+        "annotations": [a for r in records for a in r.annotations],
         "categories": CATEGORIES,
     }
 
@@ -112,7 +109,7 @@ def ref_records(layout: str, records: list[ImageRecord]) -> list[dict]:
 
 def _ref(layout: str, record: ImageRecord, plan: RefPlan, ref_id: int, sentences) -> dict:
     anns = [record.ann_ids[i] for i in plan.targets]
-    cats = [CATEGORY_ID[record.scene.objects[i].shape] for i in plan.targets]
+    cats = [CATEGORY_ID[record.objects[i].shape] for i in plan.targets]
     stem = record.file_name.rsplit(".", 1)[0]
     ref = {
         "ref_id": ref_id,
@@ -132,7 +129,7 @@ def _ref(layout: str, record: ImageRecord, plan: RefPlan, ref_id: int, sentences
         # annotation of its image; source == "zero" is what makes its mask empty.
         source = {"none": "zero", "single": "one", "multi": "many"}[plan.kind]
         if source == "zero":
-            anns, cats = record.ann_ids[:1], [CATEGORY_ID[record.scene.objects[0].shape]]
+            anns, cats = record.ann_ids[:1], [CATEGORY_ID[record.objects[0].shape]]
         ref["ann_id"] = anns if source == "many" else anns[0]
         ref["category_id"] = cats if source == "many" else cats[0]
         ref["source"] = source

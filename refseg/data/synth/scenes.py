@@ -17,7 +17,8 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
-from pycocotools import mask as mask_utils
+
+from refseg.data.masks import rle_to_mask, segmentation_to_rle
 
 SHAPES = ("square", "circle", "triangle", "star", "hexagon", "diamond")
 COLORS = {
@@ -107,8 +108,7 @@ def _regular(n: int, r: float, phase: float) -> list[tuple[float, float]]:
 
 def rasterize(polygon: tuple[float, ...], side: int) -> np.ndarray:
     """(S, S) bool mask of a polygon, exactly as pycocotools decodes it."""
-    rle = mask_utils.frPyObjects([list(polygon)], side, side)
-    return mask_utils.decode(rle)[:, :, 0].astype(bool)
+    return rle_to_mask(segmentation_to_rle([list(polygon)], side, side))
 
 
 def render_scene(rng: random.Random, noise: np.random.Generator, side: int,
