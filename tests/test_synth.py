@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from refseg.cli import main
+from refseg.data.load import load_split
 from refseg.data.synth import REFS_FILES, SCENES_FILE, assign_splits, generate, read_scenes
 from refseg.data.synth import layouts as synth_layouts
 from refseg.data.synth.expressions import (Expression, Phrase, Sampler, Thing, parse, realize,
@@ -312,7 +313,6 @@ def test_layout_tables_are_consistent():
 
 @pytest.mark.parametrize("layout", sorted(REFS_FILES))
 def test_round_trip_through_the_readers(bench, layout):
-    load = pytest.importorskip("refseg.data.load")
     out = bench[layout]
     expected = defaultdict(dict)
     for ref in _refs(out, layout):
@@ -320,7 +320,7 @@ def test_round_trip_through_the_readers(bench, layout):
             no = s.get("exist", True) is False
             expected[ref["split"]][s["sent_id"]] = (s["sent"], set() if no else _targets(ref, layout))
     for split, sents in expected.items():
-        ds = load.load_split(layout, out, split, images=out / "images")
+        ds = load_split(layout, out, split, images=out / "images")
         assert {s.sent_id: (s.sentence, set(s.ann_ids)) for s in ds.samples} == sents
         for sample in ds.samples[:20]:
             assert sample.no_target == (not sample.ann_ids)
