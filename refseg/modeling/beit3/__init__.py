@@ -12,13 +12,14 @@ from refseg.modeling.beit3.model import (
     resize_patch_positions,
     tokens_to_map,
 )
-from refseg.modeling.beit3.tokenizer import Beit3Tokenizer
+from refseg.modeling.beit3.tokenizer import Beit3BatchTokenizer, Beit3Tokenizer
 from refseg.modeling.beit3.weights import beit3_key_map, load_beit3
 
 __all__ = [
     "Beit3Config",
     "Beit3Encoder",
     "Beit3Output",
+    "Beit3BatchTokenizer",
     "Beit3Tokenizer",
     "beit3_base",
     "beit3_key_map",

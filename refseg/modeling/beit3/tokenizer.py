@@ -116,3 +116,64 @@ class Beit3Tokenizer:
             max_length=int(settings["max_length"]),
             clean=bool(settings["clean"]),
         )
+
+
+class Beit3BatchTokenizer:
+    """`Beit3Tokenizer` behind the engine's tokenizer contract (that of
+    `refseg.modeling.text.TextTokenizer`): ``encode(sentences, ids) -> Tokenized`` with
+    truncation flags and named errors for empty sentences, ``max_length``, ``vocab_size``,
+    ``save`` / ``load``. Used by the methods whose text side is BEiT-3 (DeRIS).
+
+    Args:
+        tokenizer: the sentencepiece tokenizer.
+    """
+
+    kind = Beit3Tokenizer.kind
+
+    def __init__(self, tokenizer: Beit3Tokenizer):
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_spm(cls, spm_path: str | Path, *, max_length: int = 50,
+                 clean: bool = True) -> "Beit3BatchTokenizer":
+        return cls(Beit3Tokenizer(spm_path, max_length=max_length, clean=clean))
+
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.max_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def encode(self, sentences: Sequence[str], ids: Sequence | None = None):
+        """Tokenize a batch -> `refseg.modeling.text.Tokenized` (input_ids (B, L), pad_mask
+        (B, L) True at padding, truncated (B,)).
+
+        Raises:
+            DataError: a sentence is empty or has no piece left after cleaning, named by
+                ``ids`` (default: positions).
+        """
+        from refseg.errors import DataError
+        from refseg.modeling.text.tokenizers import Tokenized, check_sentence
+
+        names = list(range(len(sentences))) if ids is None else list(ids)
+        if len(names) != len(sentences):
+            raise ValueError(f"{len(names)} ids for {len(sentences)} sentences")
+        room = self.max_length - 2
+        truncated = []
+        for name, sentence in zip(names, sentences):
+            check_sentence(sentence, name)
+            count = len(self.tokenizer.piece_ids(sentence))
+            if count == 0:
+                raise DataError(f"sentence {name}: no tokens left after normalisation")
+            truncated.append(count > room)
+        input_ids, pad_mask = self.tokenizer.encode(sentences)
+        return Tokenized(input_ids, pad_mask, torch.tensor(truncated, dtype=torch.bool))
+
+    def save(self, directory: str | Path) -> Path:
+        return self.tokenizer.save(directory)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Beit3BatchTokenizer":
+        return cls(Beit3Tokenizer.load(directory))
