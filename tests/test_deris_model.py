@@ -4,6 +4,7 @@ rule, parameter groups, registry, configs and tokenizers."""
 
 import pytest
 import torch
+from test_beit3 import spm_path  # noqa: F401  (a sentencepiece model trained in the test)
 
 from refseg.config import apply_overrides, from_dict, to_dict
 from refseg.errors import ConfigError
@@ -299,3 +300,42 @@ def test_tokenizers_round_trip_and_beit3_needs_its_file(tmp_path):
     b = deris_b()
     with pytest.raises(ConfigError, match="tokenizer_path"):
         build_tokenizer(b.model, b.data, SENTENCES)
+
+
+def test_beit3_batch_tokenizer_contract(spm_path, tmp_path):
+    from refseg.errors import DataError
+    from refseg.modeling.beit3 import Beit3BatchTokenizer, Beit3Tokenizer
+
+    length = len(Beit3Tokenizer(spm_path).piece_ids("the man")) + 2  # fits exactly
+    tok = Beit3BatchTokenizer.from_spm(spm_path, max_length=length)
+    out = tok.encode(["the man", "a woman in a blue shirt on the left"], ids=[7, 8])
+    ids, pad = Beit3Tokenizer(spm_path, max_length=length).encode(
+        ["the man", "a woman in a blue shirt on the left"])
+    assert torch.equal(out.input_ids, ids) and torch.equal(out.pad_mask, pad)
+    assert out.truncated.tolist() == [False, True] and out.num_truncated == 1
+    with pytest.raises(DataError, match="sentence 9: empty"):
+        tok.encode(["the man", "  "], ids=[3, 9])
+    with pytest.raises(DataError, match="sentence 1: no tokens left"):
+        tok.encode(["the man", "?!"])
+    tok.save(tmp_path / "tok")
+    again = Beit3BatchTokenizer.load(tmp_path / "tok")
+    assert again.max_length == length and torch.equal(again.encode(["the man"]).input_ids, ids[:1])
+
+
+def test_deris_with_the_beit3_tokenizer_runs_and_reloads_it(spm_path, tmp_path):
+    run = tiny_run("model.tokenizer=beit3", f"model.tokenizer_path={spm_path}",
+                   "model.cognition_vocab_size=64")
+    run.data.max_text_length = 10
+    tok = build_tokenizer(run.model, run.data, SENTENCES)
+    assert tok.vocab_size <= 64
+    torch.manual_seed(0)
+    model = build_deris(run.model, tok)
+    batch = make_batch(tok, (1, 0))
+    model.loss(model(batch), batch)["loss"].backward()
+    tok.save(tmp_path / "tok")
+    again = load_tokenizer(run.model, str(tmp_path / "tok"))
+    assert torch.equal(again.encode(SENTENCES).input_ids, tok.encode(SENTENCES).input_ids)
+    small = tiny_run("model.tokenizer=beit3", f"model.tokenizer_path={spm_path}",
+                     "model.cognition_vocab_size=8")
+    with pytest.raises(ConfigError, match="cognition_vocab_size"):
+        build_deris(small.model, tok)

@@ -15,6 +15,7 @@ Legend: B batch, Q queries, G referents of one image, H/W mask side, S input sid
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -39,10 +40,11 @@ class Round:
     mask_logits: torch.Tensor
 
 
+@dataclass
 class DerisCriterion:
     """Set supervision of every round plus the existence BCE.
 
-    Args:
+    Attributes:
         class_weight, mask_weight, dice_weight: lambda_cls, lambda_mask, lambda_dice, in the
             matching cost and in the loss alike (Mask2Former: 2, 5, 5).
         no_object_weight: CE weight of the "not referred" class.
@@ -52,20 +54,27 @@ class DerisCriterion:
         num_points, oversample_ratio, importance_sample_ratio: point sampling.
     """
 
-    def __init__(self, *, class_weight: float, mask_weight: float, dice_weight: float,
-                 no_object_weight: float, existence_weight: float, aux_weight: float,
-                 deep_supervision: bool, num_points: int, oversample_ratio: float,
-                 importance_sample_ratio: float):
-        self.weights = {"refer": class_weight, "mask": mask_weight, "dice": dice_weight}
-        self.matcher = HungarianMatcher({"class": class_weight, "mask": mask_weight,
-                                         "dice": dice_weight})
-        self.no_object_weight = no_object_weight
-        self.existence_weight = existence_weight
-        self.aux_weight = aux_weight
-        self.deep_supervision = deep_supervision
-        self.num_points = num_points
-        self.oversample_ratio = oversample_ratio
-        self.importance_sample_ratio = importance_sample_ratio
+    class_weight: float
+    mask_weight: float
+    dice_weight: float
+    no_object_weight: float
+    existence_weight: float
+    aux_weight: float
+    deep_supervision: bool
+    num_points: int
+    oversample_ratio: float
+    importance_sample_ratio: float
+
+    def __post_init__(self):
+        self.weights = {"refer": self.class_weight, "mask": self.mask_weight,
+                        "dice": self.dice_weight}
+        self.matcher = HungarianMatcher({"class": self.class_weight, "mask": self.mask_weight,
+                                         "dice": self.dice_weight})
+
+    @classmethod
+    def from_config(cls, cfg) -> "DerisCriterion":
+        """The criterion of a `DerisConfig` (fields of the same names)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
 
     @torch.no_grad()
     def match(self, round_: Round, targets: list[Targets]) -> list[Assignment]:

@@ -109,14 +109,7 @@ class Deris(RefSegModel):
         self.fusion = fusion
         self.decoder = decoder
         self.existence = existence
-        self.criterion = DerisCriterion(
-            class_weight=config.class_weight, mask_weight=config.mask_weight,
-            dice_weight=config.dice_weight, no_object_weight=config.no_object_weight,
-            existence_weight=config.existence_weight, aux_weight=config.aux_weight,
-            deep_supervision=config.deep_supervision, num_points=config.num_points,
-            oversample_ratio=config.oversample_ratio,
-            importance_sample_ratio=config.importance_sample_ratio,
-        )
+        self.criterion = DerisCriterion.from_config(config)
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
 
