@@ -34,7 +34,7 @@ __all__ = ["generate", "assign_splits", "read_scenes", "REFS_FILES", "SCENES_FIL
 SCENES_FILE = "synth_scenes.json"
 # Image share per split slot; testA holds crowded scenes, testB sparse ones.
 _SPLIT_SHARES = (("train", 0.7), ("val", 0.1), ("testA", 0.1), ("testB", 0.1))
-_OBJECTS = {"train": (2, 7), "val": (2, 7), "testA": (5, 7), "testB": (2, 4)}
+_OBJECTS = {"train": (2, 6), "val": (2, 6), "testA": (5, 6), "testB": (2, 4)}
 MIN_IMAGES = 4
 MIN_SIZE = 32
 

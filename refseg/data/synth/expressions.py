@@ -337,9 +337,11 @@ def parse(sentence: str) -> Expression:
 
 # --------------------------------------------------------------------------- sampling
 
-_SINGLE_FORMS = {"the": 3, "extreme": 2, "relation": 2.5, "ordinal": 1, "half": 1.5}
-_MULTI_FORMS = {"plural": 2.5, "all": 2, "count": 2, "half": 1.5, "relation": 2}
-_NONE_KINDS = {"attribute": 4, "spatial": 3, "count": 1.5, "absent": 1.5}
+# Form weights: attribute phrases dominate (as in gRefCOCO), every spatial form stays
+# frequent enough to be learnt.
+_SINGLE_FORMS = {"the": 6, "extreme": 2, "relation": 1.5, "ordinal": 0.75, "half": 1.5}
+_MULTI_FORMS = {"plural": 3, "all": 3, "count": 2, "half": 1, "relation": 1}
+_NONE_KINDS = {"attribute": 5, "spatial": 1.5, "count": 1, "absent": 3}
 
 
 def _weighted_order(weights: dict[str, float], rng: random.Random) -> list[str]:

@@ -115,11 +115,11 @@ def render_scene(rng: random.Random, noise: np.random.Generator, side: int,
                  n_objects: int) -> Scene:
     """Sample and paint a scene of up to ``n_objects`` objects (fewer if placement fails).
 
-    A scene draws from a small palette of its own (2-4 colours, 2-4 shapes) so that
+    A scene draws from a small palette of its own (3-5 colours, 3-5 shapes) so that
     attribute twins are common and sentences need counts, positions and relations.
     """
-    colors = rng.sample(sorted(COLORS), rng.randint(2, 4))
-    shapes = rng.sample(SHAPES, rng.randint(2, 4))
+    colors = rng.sample(sorted(COLORS), rng.randint(3, 5))
+    shapes = rng.sample(SHAPES, rng.randint(3, 5))
     objects: list[SceneObject] = []
     full: list[np.ndarray] = []
     visible: list[np.ndarray] = []
