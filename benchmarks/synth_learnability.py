@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=64, help="network input side")
     parser.add_argument("--steps", type=int, default=800, help="training steps (batch 32) per net")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--text-only", action="store_true", help="skip the image-only net")
+    parser.add_argument("--only", choices=("text", "image"), help="train only one of the nets")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -197,7 +197,7 @@ def main() -> None:
     objects = (val_data[0] - background).abs().sum(1) > 0.35
     print(f"{'predict every object':28s}", _fmt(scores(objects, val_masks, val_empty)))
     print(f"{'image-only oracle bound':28s} gIoU {oracle:6.3f}")
-    for text in (True, False)[:1 if args.text_only else 2]:
+    for text in [t for t in (True, False) if args.only in (None, "text" if t else "image")]:
         torch.manual_seed(0)
         net = FilmNet(len(vocab))
         seconds = train(net, train_data, steps=args.steps, text=text, val=val_data)
