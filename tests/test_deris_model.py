@@ -137,6 +137,8 @@ def test_matched_query_is_the_one_covering_the_target():
     "model.existence_source=cls",
     "model.num_queries=3",
     "model.deep_supervision=false",
+    "model.position_role=content",
+    "model.mask_pool_norm=mask",
 ])
 def test_every_ablation_switch_runs_forward_and_backward(override):
     model, tok = build(override)
@@ -200,9 +202,13 @@ def test_mask_pooled_position_is_eq4():
     s = torch.sigmoid(masks[0, 0])
     expected = (s[None] * feats[0]).sum(dim=(1, 2)) / 4
     torch.testing.assert_close(got[0, 0], expected)
+    # normalised by the mask's soft area instead of the pixel count
+    got_mask = mask_pooled_position(masks, feats, stride=1, norm="mask")
+    torch.testing.assert_close(got_mask[0, 0], expected * 4 / s.sum())
     # stride 2: one pixel left, average-pooled features times the resized mask
     got2 = mask_pooled_position(masks, feats, stride=2)
-    assert got2.shape == (1, 1, 2)
+    s2 = torch.sigmoid(torch.nn.functional.interpolate(masks, size=(1, 1), mode="bilinear"))
+    torch.testing.assert_close(got2[0, 0], s2.flatten() * feats[0].mean(dim=(1, 2)))
 
 
 def test_decide_keeps_instances_above_threshold_and_unions_them():

@@ -20,23 +20,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refseg.methods.deris.config import POOL_NORMS, POSITION_ROLES
 from refseg.modeling.decoders import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 
 REFERENT = 0  # class index of "referred to" in the 2-way classifier; 1 is "not referred"
 
 
+
+
 def mask_pooled_position(mask_logits: torch.Tensor, features: torch.Tensor,
-                         stride: int) -> torch.Tensor:
+                         stride: int, norm: str = "image") -> torch.Tensor:
     """P = AvgPool(sigmoid(M) * F) per query (DeRIS Eq. 4).
 
     As in the released code both maps are first reduced by ``stride`` (masks bilinearly,
-    features by average pooling) and the product is averaged over all pixels (not
-    normalised by the mask's area).
+    features by average pooling). ``norm="image"`` (released) averages the product over
+    all pixels; ``"mask"`` divides by the mask's soft area instead (the mean feature under
+    the mask, whatever the object's size).
 
     Args:
         mask_logits: (B, Q, H, W) mask logits of the round.
         features: (B, C, H, W) fused mask features.
         stride: extra reduction (the released code: 4).
+        norm: ``image`` | ``mask``.
 
     Returns:
         (B, Q, C).
@@ -47,8 +52,10 @@ def mask_pooled_position(mask_logits: torch.Tensor, features: torch.Tensor,
         mask_logits = F.interpolate(mask_logits, size=(h, w), mode="bilinear",
                                     align_corners=False)
     weights = mask_logits.sigmoid()
-    pixels = weights.shape[-2] * weights.shape[-1]
-    return torch.einsum("bqhw,bchw->bqc", weights, features.to(weights.dtype)) / pixels
+    pooled = torch.einsum("bqhw,bchw->bqc", weights, features.to(weights.dtype))
+    if norm == "mask":
+        return pooled / weights.sum(dim=(2, 3))[..., None].clamp(min=1.0)
+    return pooled / (weights.shape[-2] * weights.shape[-1])
 
 
 class InstanceTextRelation(nn.Module):
@@ -77,12 +84,21 @@ class CognitionLayer(nn.Module):
         n_heads: attention heads.
         ffn_dim: FFN width of the instance-text relation.
         pool_stride: extra stride of the mask-pooled position embedding.
+        pool_norm: ``image`` (released) or ``mask``, see `mask_pooled_position`.
+        position_role: ``key`` (released): P is added to the queries and keys of the
+            instance-instance attention only; ``content``: P is added to the queries
+            themselves before it, so the pooled features reach the refer classifier.
     """
 
     def __init__(self, *, d_model: int, n_heads: int, ffn_dim: int, pool_stride: int = 4,
-                 dropout: float = 0.0):
+                 pool_norm: str = "image", position_role: str = "key", dropout: float = 0.0):
         super().__init__()
+        if pool_norm not in POOL_NORMS or position_role not in POSITION_ROLES:
+            raise ValueError(f"CognitionLayer: pool_norm {pool_norm!r} / position_role "
+                             f"{position_role!r} not in {POOL_NORMS} / {POSITION_ROLES}")
         self.pool_stride = pool_stride
+        self.pool_norm = pool_norm
+        self.position_role = position_role
         self.instance_relation = SelfAttentionLayer(d_model=d_model, n_heads=n_heads,
                                                     dropout=dropout)
         self.text_relation = InstanceTextRelation(d_model=d_model, n_heads=n_heads,
@@ -103,8 +119,11 @@ class CognitionLayer(nn.Module):
             Q' (B, Q, C) after the instance-instance relation, and Q_c (B, Q, C) after the
             instance-text relation.
         """
-        position = mask_pooled_position(mask_logits, features, self.pool_stride)
-        related = self.instance_relation(queries, query_pos=position)
+        position = mask_pooled_position(mask_logits, features, self.pool_stride, self.pool_norm)
+        if self.position_role == "content":
+            related = self.instance_relation(queries + position)
+        else:
+            related = self.instance_relation(queries, query_pos=position)
         return related, self.text_relation(related, text, pad_mask)
 
 

@@ -21,6 +21,8 @@ from refseg.errors import ConfigError
 from refseg.modeling.base import Thresholds
 
 SYNERGIES = ("loopback", "p2c", "c2p")  # the paper's Table 7 query-transfer forms
+POOL_NORMS = ("image", "mask")
+POSITION_ROLES = ("key", "content")
 EXISTENCE_SOURCES = ("query", "image", "cls")  # Supp. Table 9
 TOKENIZERS = ("beit3", "word")
 BACKBONES = ("swin_nano", "swin_tiny", "swin_small", "swin_base")
@@ -72,6 +74,8 @@ class DerisConfig:
     cognition_layer_heads: int = 8
     cognition_layer_ffn_dim: int = 2048
     mask_pool_stride: int = 4  # features and masks pooled at this extra stride (Eq. 4)
+    mask_pool_norm: str = "image"  # image (released: mean over all pixels) | mask (its area)
+    position_role: str = "key"  # key (released: P in queries/keys of Eq. 5) | content
     # Existence head (Eq. 1): text-aware layers over the final queries, then pooled.
     existence_source: str = "query"  # query | image (BEiT-3 patches) | cls (BEiT-3 CLS)
     existence_layers: int = 3
@@ -106,6 +110,8 @@ class DerisConfig:
             "existence_source": EXISTENCE_SOURCES,
             "tokenizer": TOKENIZERS,
             "backbone": BACKBONES,
+            "mask_pool_norm": POOL_NORMS,
+            "position_role": POSITION_ROLES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

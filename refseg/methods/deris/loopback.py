@@ -56,12 +56,14 @@ class LoopbackDecoder(MaskedAttentionDecoder):
         share_cognition: one cognition layer (and fusion) for every round instead of one
             per round (Supp. Table 10).
         cognition_heads, cognition_ffn_dim: sizes of the cognition layers.
-        pool_stride: extra stride of the mask-pooled position embedding.
+        pool_stride, pool_norm, position_role: of the mask-pooled position embedding
+            (see `CognitionLayer`).
         **kwargs: `MaskedAttentionDecoder`'s (``num_layers`` = rounds).
     """
 
     def __init__(self, *, synergy: str = "loopback", share_cognition: bool = False,
                  cognition_heads: int = 8, cognition_ffn_dim: int = 2048, pool_stride: int = 4,
+                 pool_norm: str = "image", position_role: str = "key",
                  hidden_dim: int = 256, num_layers: int = 3, **kwargs):
         super().__init__(hidden_dim=hidden_dim, num_layers=num_layers, **kwargs)
         if synergy not in SYNERGIES:
@@ -72,7 +74,8 @@ class LoopbackDecoder(MaskedAttentionDecoder):
         count = 1 if share_cognition else num_layers + 1
         self.cognition_layers = nn.ModuleList(
             CognitionLayer(d_model=hidden_dim, n_heads=cognition_heads,
-                           ffn_dim=cognition_ffn_dim, pool_stride=pool_stride)
+                           ffn_dim=cognition_ffn_dim, pool_stride=pool_stride,
+                           pool_norm=pool_norm, position_role=position_role)
             for _ in range(count)
         )
         # C1 only exists where both query streams are fused (no parameters left unused).

@@ -269,7 +269,8 @@ def build_deris(cfg: DerisConfig, tokenizer, *, pretrained: bool = True) -> Deri
     decoder = LoopbackDecoder(
         synergy=cfg.synergy, share_cognition=cfg.share_cognition,
         cognition_heads=cfg.cognition_layer_heads, cognition_ffn_dim=cfg.cognition_layer_ffn_dim,
-        pool_stride=cfg.mask_pool_stride, in_channels=cfg.hidden_dim, hidden_dim=cfg.hidden_dim,
+        pool_stride=cfg.mask_pool_stride, pool_norm=cfg.mask_pool_norm,
+        position_role=cfg.position_role, in_channels=cfg.hidden_dim, hidden_dim=cfg.hidden_dim,
         num_queries=cfg.num_queries, num_layers=cfg.rounds, n_heads=cfg.decoder_heads,
         ffn_dim=cfg.decoder_ffn_dim, mask_dim=cfg.mask_dim,
     )
