@@ -167,7 +167,7 @@ def instalign_tiny() -> RunConfig:
             root="data/synth",
             images="data/synth/images",
             image_size=96,
-            max_text_length=12,
+            max_text_length=16,  # synthetic sentences: up to 12 words + [CLS] [SEP]
             num_workers=0,
         ),
         train=TrainConfig(
