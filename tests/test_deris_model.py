@@ -139,6 +139,8 @@ def test_matched_query_is_the_one_covering_the_target():
     "model.deep_supervision=false",
     "model.position_role=content",
     "model.mask_pool_norm=mask",
+    "model.existence_at_test=true",
+    "model.existence_weight=0",
 ])
 def test_every_ablation_switch_runs_forward_and_backward(override):
     model, tok = build(override)
@@ -243,6 +245,17 @@ def test_infer_and_decide_on_the_model():
     for d, score in zip(decisions, inference.no_target_prob):
         assert d.no_target_score == pytest.approx(float(score), abs=1e-6)
         assert d.no_target == (d.instance_scores.numel() == 0)
+
+
+def test_existence_at_test_scales_the_scores():
+    model, tok = build()
+    model.eval()
+    with torch.no_grad():
+        outputs = model(make_batch(tok))
+        plain = model.infer(outputs).instance_scores
+        model.config.existence_at_test = True
+        scaled = model.infer(outputs).instance_scores
+    torch.testing.assert_close(scaled, plain * outputs.existence_logits.sigmoid()[:, None])
 
 
 def test_param_groups_and_adam_options():

@@ -34,7 +34,8 @@ class DerisConfig:
 
     Ablation switches: ``synergy`` (Table 7: loopback, perception-to-cognition only,
     cognition-to-perception), ``rounds`` (Supp. Table 11), ``share_cognition`` (Supp.
-    Table 10), ``existence_source`` (Supp. Table 9), ``num_queries`` (Supp. Fig. 8).
+    Table 10), ``existence_source`` (Supp. Table 9), ``existence_weight`` and
+    ``existence_at_test`` (Table 6), ``num_queries`` (Supp. Fig. 8).
     """
 
     # Perception branch: Swin -> MSDeformAttn pixel decoder -> masked decoder, all from a
@@ -81,6 +82,7 @@ class DerisConfig:
     existence_layers: int = 3
     existence_ffn_dim: int = 512
     dropout: float = 0.1  # existence-head layers (the released code's aligner)
+    existence_at_test: bool = False  # score = refer x existence (Table 6; released: off)
     # Loss (Sec. 3.4): Mask2Former matching and terms, auxiliary rounds x aux_weight.
     class_weight: float = 2.0  # refer classification, cost and loss
     mask_weight: float = 5.0

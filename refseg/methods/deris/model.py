@@ -148,10 +148,13 @@ class Deris(RefSegModel):
         return self.criterion(outputs.rounds, outputs.existence_logits, batch.targets)
 
     def infer(self, outputs: DerisOutputs) -> Inference:
-        """Scores = refer probabilities of the last round; the merged logits are the union
+        """Scores = refer probabilities of the last round (times the existence probability
+        with ``existence_at_test``, the paper's Table 6); the merged logits are the union
         (max) of the instances above the config's instance threshold."""
         last = outputs.rounds[-1]
         scores = refer_probability(last.refer_logits)  # (B, Q)
+        if self.config.existence_at_test:
+            scores = scores * outputs.existence_logits.float().sigmoid()[:, None]
         keep = scores > self.config.thresholds.instance
         return Inference(
             merged_logits=union_logits(last.mask_logits, keep),
@@ -163,8 +166,8 @@ class Deris(RefSegModel):
     def decide(self, inference: Inference, thresholds: Thresholds) -> list[Decision]:
         """DeRIS's rule: keep the instances whose refer probability exceeds the instance
         threshold; the mask is the union of their masks; no target iff none is kept.
-        ``no_target_score`` = 1 - the highest refer probability; ``thresholds.no_target``
-        is not used (the existence head does not take part, Sec. 4.3.3)."""
+        ``no_target_score`` = 1 - the highest score; ``thresholds.no_target`` is not used
+        (the existence head takes part only through the scores, ``existence_at_test``)."""
         decisions = []
         for b in range(inference.instance_scores.shape[0]):
             scores = inference.instance_scores[b]
