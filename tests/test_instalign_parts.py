@@ -200,3 +200,15 @@ def test_language_aware_backbone_depends_on_real_words_only():
     words3 = words.clone()
     words3[0, 0] += 1.0
     assert not torch.allclose(maps[0], fused(images, words3, pad)[0])
+
+
+def test_no_target_loss_weighs_no_target_samples():
+    from refseg.methods.instalign.criterion import no_target_loss
+    from refseg.modeling.contracts import Targets
+
+    empty = Targets(torch.zeros(0, 4, 4), torch.zeros(0, 4), True)
+    one = Targets(torch.ones(1, 4, 4), torch.zeros(1, 4), False)
+    z = torch.tensor([0.0, 0.0])
+    # BCE at p = 0.5 is log 2 for both; the no-target one counts pos_weight times
+    assert no_target_loss(z, [empty, one]).item() == pytest.approx(math.log(2))
+    assert no_target_loss(z, [empty, one], pos_weight=3.0).item() == pytest.approx(2 * math.log(2))

@@ -177,7 +177,14 @@ def merged_mask_losses(merged_logits: torch.Tensor,
             "merged_dice": dice_loss(logits, gt, len(targets))}
 
 
-def no_target_loss(no_target_logits: torch.Tensor, targets: list[Targets]) -> torch.Tensor:
-    """BCE of the no-target logit z (InstAlign Eq. 8, L_nt). (B,) logits -> scalar."""
+def no_target_loss(no_target_logits: torch.Tensor, targets: list[Targets],
+                   pos_weight: float = 1.0) -> torch.Tensor:
+    """BCE of the no-target logit z (InstAlign Eq. 8, L_nt). (B,) logits -> scalar.
+
+    ``pos_weight`` > 1 weighs the (rare) no-target samples up, as ReLA's class-weighted
+    no-target CE does mildly (1.1 : 0.9); the paper's BCE is ``pos_weight = 1``.
+    """
     labels = torch.tensor([float(t.no_target) for t in targets], device=no_target_logits.device)
-    return F.binary_cross_entropy_with_logits(no_target_logits, labels.to(no_target_logits.dtype))
+    weight = no_target_logits.new_tensor(pos_weight)
+    return F.binary_cross_entropy_with_logits(no_target_logits, labels.to(no_target_logits.dtype),
+                                              pos_weight=weight)

@@ -100,7 +100,8 @@ class InstAlign(RefSegModel):
                              f"{outputs.merged_logits.shape[0]} samples")
         losses = self.instance_supervision(outputs.stages, outputs.pad_mask, targets)
         losses.update(merged_mask_losses(outputs.merged_logits, targets))
-        losses["no_target"] = no_target_loss(outputs.no_target_logits, targets)
+        losses["no_target"] = no_target_loss(outputs.no_target_logits, targets,
+                                             cfg.no_target_pos_weight)
         total = (cfg.merged_weight * losses["merged_bce"]
                  + cfg.merged_dice_weight * losses["merged_dice"]
                  + cfg.no_target_weight * losses["no_target"])
