@@ -149,7 +149,7 @@ def test_infer_and_decide():
 
 
 def test_param_groups_backbone_lr_and_no_decay():
-    model, _ = build()
+    model, _ = build("model.backbone_lr_factor=0.1")
     groups = model.param_groups(1e-3)
     by_name = {g["name"]: g for g in groups}
     assert by_name["backbone.backbone"]["lr"] == pytest.approx(1e-4)
