@@ -9,11 +9,18 @@ from refseg.errors import ConfigError
 
 
 def build_optimizer(param_groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (the papers' choice) or Adam over the model's parameter groups."""
+    """AdamW (the papers' choice) or Adam over the model's parameter groups.
+
+    The multi-tensor (``foreach``) update is used on every device: PyTorch picks it only for
+    CUDA by default, while on CPU it also saves the per-parameter Python loop (a tenth of a
+    small model's step).
+    """
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 foreach=True)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                foreach=True)
     raise ConfigError(f"train.optimizer={cfg.optimizer}: expected adamw or adam")
 
 
