@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, replace
 from itertools import combinations
 
-from refseg.data.synth.scenes import COLORS, SHAPES
+from refseg.data.synth.scenes import COLORS, SHAPES, SIZES
 
 FORMS = ("the", "count", "all", "plural", "extreme", "half", "ordinal", "relation")
 DIRECTIONS = ("left", "right", "top", "bottom")
@@ -345,6 +345,7 @@ _MULTI_FORMS = {"plural": 3, "all": 3, "count": 2, "half": 1, "relation": 1}
 # circle" with no green), which a model can learn to reject within minutes on CPU; the rest
 # are near misses (a swapped attribute, a wrong place, a count too high), the hard cases.
 _NONE_KINDS = {"absent": 6, "attribute": 2, "spatial": 1, "count": 1}
+_VALUES = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES}
 
 
 def _weighted_order(weights: dict[str, float], rng: random.Random) -> list[str]:
@@ -466,30 +467,37 @@ class Sampler:
         return {getattr(t, attr) for t in self.things}
 
     def _miss_attribute(self, near):
-        """Change one attribute of a real object to another value seen in the scene:
-        "the green star" with a green circle and a red star present."""
-        for seed in self._seeds(near):
-            for head in _subphrases(self.things[seed], self.rng, allow_empty=False):
-                named = [a for a in ("shape", "color", "size") if getattr(head, a)]
-                if len(named) < 2:
-                    continue
-                attr = self.rng.choice(named)
-                values = sorted(self._present(attr) - {getattr(head, attr)})
-                self.rng.shuffle(values)
-                for value in values:
-                    plural = self.rng.random() < 0.2
-                    yield Expression("plural" if plural else "the",
-                                     replace(head, **{attr: value}), plural=plural)
+        """A real object with one attribute changed to another value seen in the scene
+        ("the green star" with a green circle and a red star present)."""
+        return self._described_elsewhere(near, lambda attr, own: self._present(attr) - {own})
 
     def _miss_absent(self, near):
-        """A shape or colour the scene does not have at all."""
-        for attr, pool in (("shape", SHAPES), ("color", tuple(COLORS))):
-            absent = sorted(set(pool) - self._present(attr))
-            if absent:
-                value = self.rng.choice(absent)
-                for seed in self._seeds(near):
-                    head = replace(Phrase(shape=self.things[seed].shape), **{attr: value})
-                    yield Expression("the", head)
+        """A real object with its shape or colour changed to one the scene lacks."""
+        return self._described_elsewhere(
+            near, lambda attr, own: set(_VALUES[attr]) - self._present(attr))
+
+    def _described_elsewhere(self, near, values):
+        """Sentences for changed copies of real objects, worded by the positive sampler in
+        the scene where the copies replace them: the same forms and wordings as sentences
+        with a target (one object in two cases of three, else every object sharing the
+        changed value), so that the wording alone does not give a no-target sentence away."""
+        for seed in self._seeds(near):
+            thing = self.things[seed]
+            attrs = ["shape", "color", "size"]
+            self.rng.shuffle(attrs)
+            for attr in attrs:
+                options = sorted(values(attr, getattr(thing, attr)))
+                self.rng.shuffle(options)
+                for value in options:
+                    many = self.rng.random() < 1 / 3
+                    own = getattr(thing, attr)
+                    things = [replace(t, **{attr: value})
+                              if i == seed or (many and getattr(t, attr) == own) else t
+                              for i, t in enumerate(self.things)]
+                    sampler = Sampler(things, self.side, self.rng)
+                    expr = sampler.multi(avoid=set()) if many else sampler.single(seed)
+                    if expr is not None:
+                        yield expr
 
     def _miss_count(self, near):
         """More than there are: "the three red squares" with two red squares."""
