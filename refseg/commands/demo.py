@@ -11,11 +11,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a named config to train (default: instalign-tiny)")
     parser.add_argument("--out", default="runs/demo", metavar="DIR",
                         help="output folder (default: runs/demo)")
-    parser.add_argument("--minutes", type=float, default=8.0,
-                        help="training time budget in minutes (default: 8)")
-    parser.add_argument("--images", type=int, default=1000,
-                        help="synthetic images over all splits (default: 1000)")
-    parser.add_argument("--size", type=int, default=128, help="synthetic image side (default: 128)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="training time budget in minutes (default: the config's "
+                             "train.max_minutes, 9 for the tiny configs)")
+    parser.add_argument("--images", type=int, default=5000,
+                        help="synthetic images over all splits (default: 5000)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="synthetic image side (default: the model's input side)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data and training")
     parser.add_argument("--overlays", type=int, default=8,
                         help="validation samples drawn as overlays (default: 8)")

@@ -236,7 +236,7 @@ def deris_tiny() -> RunConfig:
                         image_size=64, max_text_length=16, nsc_prob=0.15, num_workers=0),
         train=TrainConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=16,
                           epochs=30, lr_schedule="linear", warmup_iters=50, grad_clip=1.0,
-                          max_minutes=8.0, eval_max_samples=300, device="cpu"),
+                          max_minutes=9.0, eval_max_samples=300, device="cpu"),
     )
 
 

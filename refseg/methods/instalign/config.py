@@ -137,13 +137,13 @@ def instalign_swin_b() -> RunConfig:
 def instalign_tiny() -> RunConfig:
     """The same model with small numbers, for offline CPU runs on the synthetic benchmark
     (``refseg synth``, 128 px images): swin_nano, a small random BERT over a word
-    vocabulary built from the training sentences, 12 queries, 3 decoder blocks, 96 px.
+    vocabulary built from the training sentences, 12 queries, 3 decoder blocks, 64 px.
 
     Chosen for learning within minutes on a 2-core CPU (docs/instalign.md): everything is
     trained from scratch, so the backbone learns at the full rate; small batches (more
     updates per second); the merged-mask (BCE + dice) and no-target terms weighted 5 so that
     the outputs that are scored get a strong signal next to the ten instance terms; the
-    linear decay ends at ``max_iters`` (about what 8 minutes allow), the time budget stops a
+    linear decay ends at ``max_iters`` (about what 9 minutes allow), the time budget stops a
     slower machine earlier."""
     model = InstAlignConfig(
         backbone="swin_nano",
@@ -178,8 +178,8 @@ def instalign_tiny() -> RunConfig:
             format="grefcoco",
             root="data/synth",
             images="data/synth/images",
-            image_size=96,
-            max_text_length=12,
+            image_size=64,
+            max_text_length=16,  # synthetic sentences: up to 12 words + [CLS] [SEP]
             num_workers=0,
         ),
         train=TrainConfig(
@@ -188,11 +188,11 @@ def instalign_tiny() -> RunConfig:
             weight_decay=0.01,
             batch_size=8,
             epochs=30,
-            max_iters=1600,
+            max_iters=4000,
             lr_schedule="linear",
             warmup_iters=50,
             grad_clip=1.0,
-            max_minutes=8.0,
+            max_minutes=9.0,
             eval_max_samples=300,
             device="cpu",
         ),

@@ -1,0 +1,173 @@
+"""How fast does instalign-tiny learn? Train it on the synthetic benchmark with the data held
+in memory and a CPU-time budget (so a busy shared machine gives the same number of steps),
+then print GRES figures on val at network resolution and diagnostics of where it fails.
+
+    refseg synth --out /tmp/synth
+    .venv/bin/python benchmarks/instalign_tiny_learning.py --data /tmp/synth \
+        [--cpu-seconds 480] [--threads 1] [--eval-every 500] [key=value ...]
+
+Overrides are the usual ``model.*`` / ``train.*`` / ``data.*`` keys (e.g.
+``data.image_size=64 train.batch_size=8``); ``train.max_iters`` caps the steps.
+
+Figures (val, network resolution S x S, thresholds 0.5): gIoU, cIoU, N-acc, T-acc as the
+gRefCOCO rules define them, and
+- ``oracle``: mean IoU of the best query for each referent (instance mask quality);
+- ``select``: share of referents whose best query is among the top-relevance queries
+  (does relevance pick the right instances?);
+- ``p_max t/nt``: mean highest relevance on target / no-target sentences;
+- ``z t/nt``: mean no-target probability on target / no-target sentences.
+
+Legend: B batch, N instances, S input side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from refseg.config import apply_overrides
+from refseg.engine.schedule import build_optimizer, build_scheduler
+from refseg.methods.registry import variant
+from refseg.modeling.contracts import Batch, Targets
+
+
+def load_split_tensors(data: Path, split: str, size: int, cache: Path) -> dict:
+    """Images (normalised, float16), sentences, instance masks and no-target flags."""
+    file = cache / f"{data.name}_{split}_{size}.pt"
+    if file.exists():
+        return torch.load(file)
+    from refseg.data.load import load_split
+    from refseg.engine.data import RefSegData
+
+    items = RefSegData(load_split("grefcoco", data, split, images=data / "images"), size)
+    items = [items[i] for i in range(len(items))]
+    out = {"images": torch.stack([it.image for it in items]).half(),
+           "sentences": [it.sentence for it in items],
+           "masks": [it.targets.masks.bool() for it in items],
+           "no_target": [it.targets.no_target for it in items]}
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(out, file)
+    return out
+
+
+def make_batch(split: dict, tokenizer, idx: list[int]) -> Batch:
+    enc = tokenizer.encode([split["sentences"][i] for i in idx])
+    targets = [Targets(split["masks"][i].float(), torch.zeros(split["masks"][i].shape[0], 4),
+                       split["no_target"][i]) for i in idx]
+    return Batch(split["images"][idx].float(), enc.input_ids, enc.pad_mask, targets, list(idx))
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0) -> dict[str, float]:
+    """GRES figures at S x S and the diagnostics of the module docstring."""
+    model.eval()
+    total = len(split["sentences"]) if limit <= 0 else min(limit, len(split["sentences"]))
+    per_sample, inter, union = [], 0, 0
+    found = {"nt": [0, 0], "t": [0, 0]}  # [correct, count]
+    oracle, select, p_max, z = [], [], {"t": [], "nt": []}, {"t": [], "nt": []}
+    for start in range(0, total, 50):
+        idx = list(range(start, min(total, start + 50)))
+        inference = model.infer(model(make_batch(split, tokenizer, idx)))
+        merged = F.interpolate(inference.merged_logits[:, None], size=(size, size),
+                               mode="bilinear", align_corners=False)[:, 0] > 0
+        instances = F.interpolate(inference.instance_logits, size=(size, size), mode="bilinear",
+                                  align_corners=False) > 0
+        for k, i in enumerate(idx):
+            gt_inst = split["masks"][i]
+            gt = gt_inst.any(0) if gt_inst.shape[0] else torch.zeros(size, size, dtype=torch.bool)
+            said_none = bool(inference.no_target_prob[k] > 0.5)
+            kind = "nt" if split["no_target"][i] else "t"
+            p_max[kind].append(float(inference.instance_scores[k].max()))
+            z[kind].append(float(inference.no_target_prob[k]))
+            found[kind][1] += 1
+            if kind == "nt":
+                found["nt"][0] += said_none
+                per_sample.append(float(said_none))
+                union += 0 if said_none else int(merged[k].sum())
+                continue
+            found["t"][0] += not said_none
+            i_ = 0 if said_none else int((merged[k] & gt).sum())
+            u_ = int((merged[k] | gt).sum())
+            per_sample.append(0.0 if said_none or u_ == 0 else i_ / u_)
+            inter, union = inter + i_, union + u_
+            both = (instances[k][:, None] & gt_inst[None]).flatten(2).sum(-1).float()
+            either = (instances[k][:, None] | gt_inst[None]).flatten(2).sum(-1).float()
+            iou = both / either.clamp(min=1)  # (Q, N)
+            oracle.append(float(iou.max(0).values.mean()))
+            top = set(inference.instance_scores[k].topk(gt_inst.shape[0]).indices.tolist())
+            select.append(len(set(iou.argmax(0).tolist()) & top) / gt_inst.shape[0])
+    model.train()
+
+    def mean(v):
+        return sum(v) / max(len(v), 1)
+
+    return {"gIoU": 100 * mean(per_sample), "cIoU": 100 * inter / max(union, 1),
+            "N-acc": 100 * found["nt"][0] / max(found["nt"][1], 1),
+            "T-acc": 100 * found["t"][0] / max(found["t"][1], 1),
+            "oracle": 100 * mean(oracle), "select": 100 * mean(select),
+            "p_max t": mean(p_max["t"]), "p_max nt": mean(p_max["nt"]),
+            "z t": mean(z["t"]), "z nt": mean(z["nt"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="a `refseg synth` folder")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/refseg_instalign_cache"))
+    parser.add_argument("--cpu-seconds", type=float, default=480.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    run = apply_overrides(variant("instalign-tiny"), args.overrides)
+    size, cfg = run.data.image_size, run.train
+    train = load_split_tensors(args.data, "train", size, args.cache)
+    val = load_split_tensors(args.data, "val", size, args.cache)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    from refseg.methods.registry import get_method
+
+    method = get_method("instalign")
+    tokenizer = method.build_tokenizer(run.model, run.data, train["sentences"])
+    model = method.build_model(run.model, tokenizer)
+    optimizer = build_optimizer(model.param_groups(cfg.lr), cfg)
+    total = cfg.max_iters or 10**9
+    scheduler = build_scheduler(optimizer, cfg, total, 1)
+    wall, cpu = time.time(), time.process_time()
+    order: list[int] = []
+    step = 0
+    while step < total and time.process_time() - cpu < args.cpu_seconds:
+        if len(order) < cfg.batch_size:
+            order = list(range(len(train["sentences"])))
+            rng.shuffle(order)
+        idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
+        batch = make_batch(train, tokenizer, idx)
+        losses = model.loss(model(batch), batch)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if args.eval_every and step % args.eval_every == 0:
+            print(f"{step:6d} steps, cpu {time.process_time() - cpu:5.0f} s:",
+                  _fmt(evaluate(model, tokenizer, val, size, limit=200)), flush=True)
+    cpu_used, wall_used = time.process_time() - cpu, time.time() - wall
+    print(f"final ({step} steps, cpu {cpu_used:.0f} s, wall {wall_used:.0f} s, "
+          f"{cpu_used / max(step, 1):.3f} cpu s/step):",
+          _fmt(evaluate(model, tokenizer, val, size)), flush=True)
+
+
+def _fmt(figures: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.1f}" if abs(v) >= 1 or v == 0 else f"{k} {v:.2f}"
+                     for k, v in figures.items())
+
+
+if __name__ == "__main__":
+    main()
