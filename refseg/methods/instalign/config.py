@@ -136,15 +136,15 @@ def instalign_swin_b() -> RunConfig:
 
 def instalign_tiny() -> RunConfig:
     """The same model with small numbers, for offline CPU runs on the synthetic benchmark
-    (``refseg synth``, 128 px images): swin_nano, a small random BERT over a word
+    (``refseg synth``; the demo draws it at 64 px): swin_nano, a small random BERT over a word
     vocabulary built from the training sentences, 12 queries, 3 decoder blocks, 64 px.
 
     Chosen for learning within minutes on a 2-core CPU (docs/instalign.md): everything is
     trained from scratch, so the backbone learns at the full rate; small batches (more
     updates per second); the merged-mask (BCE + dice) and no-target terms weighted 5 so that
-    the outputs that are scored get a strong signal next to the ten instance terms; the
-    linear decay ends at ``max_iters`` (about what 9 minutes allow), the time budget stops a
-    slower machine earlier."""
+    the outputs that are scored get a strong signal next to the ten instance terms, with the
+    rare no-target sentences weighted 9x inside L_nt; the linear decay ends at ``max_iters``
+    (about what 9 minutes allow), the time budget stops a slower machine earlier."""
     model = InstAlignConfig(
         backbone="swin_nano",
         drop_path_rate=0.0,
@@ -169,6 +169,7 @@ def instalign_tiny() -> RunConfig:
         merged_weight=5.0,
         merged_dice_weight=5.0,
         no_target_weight=5.0,
+        no_target_pos_weight=9.0,  # balances the 10 % no-target sentences in L_nt
         backbone_lr_factor=1.0,
     )
     return RunConfig(
