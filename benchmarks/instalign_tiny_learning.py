@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from refseg.config import apply_overrides
 from refseg.engine.schedule import build_optimizer, build_scheduler
 from refseg.methods.registry import variant
+from refseg.metrics.gres import GRESAccumulator
 from refseg.modeling.contracts import Batch, Targets
 
 
@@ -40,7 +41,7 @@ def load_split_tensors(data: Path, split: str, size: int, cache: Path) -> dict:
     """Images (normalised, float16), sentences, instance masks and no-target flags."""
     file = cache / f"{data.name}_{split}_{size}.pt"
     if file.exists():
-        return torch.load(file)
+        return torch.load(file, weights_only=True)
     from refseg.data.load import load_split
     from refseg.engine.data import RefSegData
 
@@ -67,8 +68,7 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0) -> dict[s
     """GRES figures at S x S and the diagnostics of the module docstring."""
     model.eval()
     total = len(split["sentences"]) if limit <= 0 else min(limit, len(split["sentences"]))
-    per_sample, inter, union = [], 0, 0
-    found = {"nt": [0, 0], "t": [0, 0]}  # [correct, count]
+    gres = GRESAccumulator()
     oracle, select, p_max, z = [], [], {"t": [], "nt": []}, {"t": [], "nt": []}
     for start in range(0, total, 50):
         idx = list(range(start, min(total, start + 50)))
@@ -84,17 +84,11 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0) -> dict[s
             kind = "nt" if split["no_target"][i] else "t"
             p_max[kind].append(float(inference.instance_scores[k].max()))
             z[kind].append(float(inference.no_target_prob[k]))
-            found[kind][1] += 1
+            gres.add(i, intersection=int((merged[k] & gt).sum()),
+                     union=int((merged[k] | gt).sum()), pred_no_target=said_none,
+                     gt_no_target=kind == "nt")
             if kind == "nt":
-                found["nt"][0] += said_none
-                per_sample.append(float(said_none))
-                union += 0 if said_none else int(merged[k].sum())
                 continue
-            found["t"][0] += not said_none
-            i_ = 0 if said_none else int((merged[k] & gt).sum())
-            u_ = int((merged[k] | gt).sum())
-            per_sample.append(0.0 if said_none or u_ == 0 else i_ / u_)
-            inter, union = inter + i_, union + u_
             both = (instances[k][:, None] & gt_inst[None]).flatten(2).sum(-1).float()
             either = (instances[k][:, None] | gt_inst[None]).flatten(2).sum(-1).float()
             iou = both / either.clamp(min=1)  # (Q, N)
@@ -106,9 +100,8 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0) -> dict[s
     def mean(v):
         return sum(v) / max(len(v), 1)
 
-    return {"gIoU": 100 * mean(per_sample), "cIoU": 100 * inter / max(union, 1),
-            "N-acc": 100 * found["nt"][0] / max(found["nt"][1], 1),
-            "T-acc": 100 * found["t"][0] / max(found["t"][1], 1),
+    figures = gres.summary()
+    return {**{k: figures[k] for k in ("gIoU", "cIoU", "N-acc", "T-acc")},
             "oracle": 100 * mean(oracle), "select": 100 * mean(select),
             "p_max t": mean(p_max["t"]), "p_max nt": mean(p_max["nt"]),
             "z t": mean(z["t"]), "z nt": mean(z["nt"])}
@@ -165,8 +158,8 @@ def main() -> None:
 
 
 def _fmt(figures: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.1f}" if abs(v) >= 1 or v == 0 else f"{k} {v:.2f}"
-                     for k, v in figures.items())
+    return "  ".join(f"{k} -" if v is None else f"{k} {v:.1f}" if abs(v) >= 1 or v == 0
+                     else f"{k} {v:.2f}" for k, v in figures.items())
 
 
 if __name__ == "__main__":
