@@ -486,11 +486,11 @@ class Sampler:
             attrs = ["shape", "color", "size"]
             self.rng.shuffle(attrs)
             for attr in attrs:
-                options = sorted(values(attr, getattr(thing, attr)))
+                own = getattr(thing, attr)
+                options = sorted(values(attr, own))
                 self.rng.shuffle(options)
                 for value in options:
                     many = self.rng.random() < 1 / 3
-                    own = getattr(thing, attr)
                     things = [replace(t, **{attr: value})
                               if i == seed or (many and getattr(t, attr) == own) else t
                               for i, t in enumerate(self.things)]

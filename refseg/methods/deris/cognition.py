@@ -26,8 +26,6 @@ from refseg.modeling.decoders import CrossAttentionLayer, FFNLayer, SelfAttentio
 REFERENT = 0  # class index of "referred to" in the 2-way classifier; 1 is "not referred"
 
 
-
-
 def mask_pooled_position(mask_logits: torch.Tensor, features: torch.Tensor,
                          stride: int, norm: str = "image") -> torch.Tensor:
     """P = AvgPool(sigmoid(M) * F) per query (DeRIS Eq. 4).
