@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from refseg.modeling.matching import (
     HungarianMatcher,
     batch_dice_cost,
+    batch_mask_costs,
     batch_sigmoid_ce_cost,
     class_prob_cost,
     giou_cost,
@@ -18,6 +19,7 @@ from refseg.modeling.matching import (
     pairwise_l1_cost,
     positive_bce_cost,
 )
+from refseg.modeling.losses.points import point_sample
 
 
 def brute_force_min(cost):
@@ -152,3 +154,23 @@ def test_box_class_and_relevance_costs():
     cost = positive_bce_cost(torch.tensor([0.0, math.log(3.0)]), 2)
     torch.testing.assert_close(cost, torch.tensor([[math.log(2.0)] * 2, [math.log(4 / 3)] * 2]))
     assert positive_bce_cost(torch.zeros(3), 0).shape == (3, 0)
+
+
+@pytest.mark.parametrize("same_size", [True, False])
+def test_batch_mask_costs_equal_per_image_costs_on_the_same_points(same_size):
+    """The batched path (one point read for the batch) against each image on its own points,
+    with images of zero, one and several targets, of one or of different resolutions."""
+    torch.manual_seed(3)
+    pred = torch.randn(3, 5, 8, 8) * 3
+    sides = (32, 32, 32) if same_size else (32, 16, 24)
+    gt = [blob_masks(n, size=s, seed=n) for n, s in zip((2, 0, 4), sides)]
+    torch.manual_seed(7)
+    batched = batch_mask_costs(pred, gt, num_points=500)
+    torch.manual_seed(7)
+    coords = torch.rand(3, 500, 2)
+    for b, g in enumerate(gt):
+        pred_points = point_sample(pred[b][:, None], coords[b:b + 1].expand(5, -1, -1))[:, 0]
+        gt_points = point_sample(g[:, None].float(), coords[b:b + 1].expand(len(g), -1, -1))[:, 0]
+        assert batched[b]["mask"].shape == batched[b]["dice"].shape == (5, len(g))
+        torch.testing.assert_close(batched[b]["mask"], batch_sigmoid_ce_cost(pred_points, gt_points))
+        torch.testing.assert_close(batched[b]["dice"], batch_dice_cost(pred_points, gt_points))

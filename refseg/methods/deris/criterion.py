@@ -24,7 +24,12 @@ import torch.nn.functional as F
 from refseg.methods.deris.cognition import REFERENT
 from refseg.modeling.contracts import Targets
 from refseg.modeling.losses import point_mask_losses
-from refseg.modeling.matching import Assignment, HungarianMatcher, class_prob_cost, mask_costs
+from refseg.modeling.matching import (
+    Assignment,
+    HungarianMatcher,
+    batch_mask_costs,
+    class_prob_cost,
+)
 
 
 @dataclass
@@ -79,13 +84,13 @@ class DerisCriterion:
     @torch.no_grad()
     def match(self, round_: Round, targets: list[Targets]) -> list[Assignment]:
         """Per-image Hungarian matching of one round (Mask2Former's cost)."""
+        masks = batch_mask_costs(round_.mask_logits, [t.masks for t in targets], self.num_points)
         assignments = []
         for b, target in enumerate(targets):
             num_targets = target.masks.shape[0]
             labels = torch.full((num_targets,), REFERENT, dtype=torch.long,
                                 device=round_.refer_logits.device)
-            costs = {"class": class_prob_cost(round_.refer_logits[b].float(), labels),
-                     **mask_costs(round_.mask_logits[b], target.masks, self.num_points)}
+            costs = {"class": class_prob_cost(round_.refer_logits[b].float(), labels), **masks[b]}
             assignments.append(self.matcher.match(costs))
         return assignments
 

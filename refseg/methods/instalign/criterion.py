@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from refseg.errors import ConfigError
 from refseg.modeling.contracts import Targets
 from refseg.modeling.losses import dice_loss, point_mask_losses
-from refseg.modeling.matching import Assignment, HungarianMatcher, mask_costs, positive_bce_cost
+from refseg.modeling.matching import (
+    Assignment,
+    HungarianMatcher,
+    batch_mask_costs,
+    positive_bce_cost,
+)
 from refseg.methods.instalign.poa import poa_distance
 
 
@@ -81,6 +86,7 @@ class InstanceSupervision:
         Args:
             poa: (B, Q) L_POA of every query, or None (stage 0: a zero cost).
         """
+        masks = batch_mask_costs(stage.mask_logits, [t.masks for t in targets], self.num_points)
         assignments = []
         for b, target in enumerate(targets):
             num_targets = target.masks.shape[0]
@@ -88,10 +94,9 @@ class InstanceSupervision:
                 empty = torch.empty(0, dtype=torch.long, device=stage.mask_logits.device)
                 assignments.append(Assignment(empty, empty.clone()))
                 continue
-            costs = {"class": positive_bce_cost(stage.relevance_logits[b].float(), num_targets),
-                     **mask_costs(stage.mask_logits[b], target.masks, self.num_points)}
             row = poa[b] if poa is not None else torch.zeros_like(stage.relevance_logits[b])
-            costs["poa"] = row.float()[:, None].expand(-1, num_targets)
+            costs = {"class": positive_bce_cost(stage.relevance_logits[b].float(), num_targets),
+                     **masks[b], "poa": row.float()[:, None].expand(-1, num_targets)}
             assignments.append(self.matcher.match(costs))
         return assignments
 

@@ -2,6 +2,7 @@
 
 from refseg.modeling.matching.costs import (
     batch_dice_cost,
+    batch_mask_costs,
     batch_sigmoid_ce_cost,
     class_prob_cost,
     giou_cost,
@@ -15,6 +16,7 @@ __all__ = [
     "Assignment",
     "HungarianMatcher",
     "batch_dice_cost",
+    "batch_mask_costs",
     "batch_sigmoid_ce_cost",
     "class_prob_cost",
     "giou_cost",

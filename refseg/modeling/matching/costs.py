@@ -20,34 +20,34 @@ def batch_sigmoid_ce_cost(pred_logits: torch.Tensor, targets: torch.Tensor) -> t
     """Mean binary cross-entropy of every prediction against every target.
 
     Args:
-        pred_logits: (Q, P) logits.
-        targets: (G, P) values in [0, 1].
+        pred_logits: (..., Q, P) logits (leading dims: a batch of images).
+        targets: (..., G, P) values in [0, 1].
 
     Returns:
-        (Q, G) cost, cost[q, g] = mean_p BCE(pred_logits[q, p], targets[g, p]).
+        (..., Q, G) cost, cost[q, g] = mean_p BCE(pred_logits[q, p], targets[g, p]).
     """
-    num_points = pred_logits.shape[1]
-    targets = targets.to(pred_logits.dtype)
+    num_points = pred_logits.shape[-1]
+    targets = targets.to(pred_logits.dtype).transpose(-1, -2)
     # BCE(x, t) = t * softplus(-x) + (1 - t) * softplus(x): two matrix products.
     pos = F.softplus(-pred_logits)
     neg = F.softplus(pred_logits)
-    return (pos @ targets.T + neg @ (1 - targets).T) / num_points
+    return (pos @ targets + neg @ (1 - targets)) / num_points
 
 
 def batch_dice_cost(pred_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Dice loss (+1 smoothing) of every prediction against every target.
 
     Args:
-        pred_logits: (Q, P) logits.
-        targets: (G, P) values in [0, 1].
+        pred_logits: (..., Q, P) logits (leading dims: a batch of images).
+        targets: (..., G, P) values in [0, 1].
 
     Returns:
-        (Q, G) cost, 1 - (2 |p t| + 1) / (|p| + |t| + 1) with p = sigmoid(logits).
+        (..., Q, G) cost, 1 - (2 |p t| + 1) / (|p| + |t| + 1) with p = sigmoid(logits).
     """
     probs = pred_logits.sigmoid()
     targets = targets.to(probs.dtype)
-    numerator = 2 * probs @ targets.T
-    denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    numerator = 2 * probs @ targets.transpose(-1, -2)
+    denominator = probs.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return 1 - (numerator + 1) / (denominator + 1)
 
 
@@ -66,14 +66,50 @@ def mask_costs(pred_mask_logits: torch.Tensor, gt_masks: torch.Tensor,
     Returns:
         {"mask": (Q, G) sigmoid BCE cost, "dice": (Q, G) dice cost}.
     """
+    return batch_mask_costs(pred_mask_logits[None], [gt_masks], num_points)[0]
+
+
+def batch_mask_costs(pred_mask_logits: torch.Tensor, gt_masks: list[torch.Tensor],
+                     num_points: int = 12544) -> list[dict[str, torch.Tensor]]:
+    """`mask_costs` of every image of a batch at once (one point read and
+    batched products); each image draws its own P random points.
+
+    Args:
+        pred_mask_logits: (B, Q, H, W) mask logits.
+        gt_masks: B tensors (G_b, h, w) in {0, 1}; G_b may be 0 and differ per image.
+        num_points: P random points per image.
+
+    Returns:
+        B dicts {"mask": (Q, G_b), "dice": (Q, G_b)}.
+    """
     with torch.no_grad():
         pred = pred_mask_logits.detach().float()
-        coords = torch.rand(1, num_points, 2, device=pred.device)
-        pred_points = point_sample(pred[:, None], coords.expand(pred.shape[0], -1, -1))[:, 0]
-        gt = gt_masks.to(pred.device, torch.float32)
-        gt_points = point_sample(gt[:, None], coords.expand(gt.shape[0], -1, -1))[:, 0]
-        return {"mask": batch_sigmoid_ce_cost(pred_points, gt_points),
-                "dice": batch_dice_cost(pred_points, gt_points)}
+        B, Q = pred.shape[:2]
+        coords = torch.rand(B, num_points, 2, device=pred.device)
+        pred_points = point_sample(pred, coords)  # (B, Q, P)
+        gt_points = _padded_gt_points(gt_masks, coords)  # (B, G_max, P)
+        ce = batch_sigmoid_ce_cost(pred_points, gt_points)  # (B, Q, G_max)
+        dice = batch_dice_cost(pred_points, gt_points)
+        return [{"mask": ce[b, :, :g.shape[0]], "dice": dice[b, :, :g.shape[0]]}
+                for b, g in enumerate(gt_masks)]
+
+
+def _padded_gt_points(gt_masks: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+    """Read each image's targets at its points: B x (G_b, h, w), (B, P, 2) -> (B, G_max, P),
+    zero rows past G_b."""
+    B, P = coords.shape[:2]
+    num_gt = max((g.shape[0] for g in gt_masks), default=0)
+    sizes = {tuple(g.shape[-2:]) for g in gt_masks if g.shape[0]}
+    if len(sizes) == 1:  # one read for the whole batch
+        stacked = coords.new_zeros((B, num_gt, *sizes.pop()))
+        for b, g in enumerate(gt_masks):
+            stacked[b, :g.shape[0]] = g
+        return point_sample(stacked, coords)
+    out = coords.new_zeros((B, num_gt, P))
+    for b, g in enumerate(gt_masks):
+        if g.shape[0]:
+            out[b, :g.shape[0]] = point_sample(g.to(coords)[None], coords[b:b + 1])[0]
+    return out
 
 
 def pairwise_l1_cost(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
