@@ -4,7 +4,7 @@ then print GRES figures on val at network resolution and diagnostics of where it
 
     refseg synth --out /tmp/synth
     .venv/bin/python benchmarks/instalign_tiny_learning.py --data /tmp/synth \
-        [--cpu-seconds 480] [--threads 1] [--eval-every 500] [key=value ...]
+        [--cpu-seconds 480] [--threads 1] [--eval-every 500] [--forms] [key=value ...]
 
 Overrides are the usual ``model.*`` / ``train.*`` / ``data.*`` keys (e.g.
 ``data.image_size=64 train.batch_size=8``); ``train.max_iters`` caps the steps.
@@ -64,8 +64,10 @@ def make_batch(split: dict, tokenizer, idx: list[int]) -> Batch:
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0) -> dict[str, float]:
-    """GRES figures at S x S and the diagnostics of the module docstring."""
+def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0,
+             forms: dict | None = None) -> dict[str, float]:
+    """GRES figures at S x S and the diagnostics of the module docstring; with ``forms``
+    (an empty dict), also each sentence form's sample IoU and ``select`` (filled in)."""
     model.eval()
     total = len(split["sentences"]) if limit <= 0 else min(limit, len(split["sentences"]))
     gres = GRESAccumulator()
@@ -84,9 +86,16 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0) -> dict[s
             kind = "nt" if split["no_target"][i] else "t"
             p_max[kind].append(float(inference.instance_scores[k].max()))
             z[kind].append(float(inference.no_target_prob[k]))
-            gres.add(i, intersection=int((merged[k] & gt).sum()),
-                     union=int((merged[k] | gt).sum()), pred_no_target=said_none,
+            inter, union = int((merged[k] & gt).sum()), int((merged[k] | gt).sum())
+            gres.add(i, intersection=inter, union=union, pred_no_target=said_none,
                      gt_no_target=kind == "nt")
+            form = _form(split["sentences"][i], kind) if forms is not None else None
+            if form:
+                score = float(said_none) if kind == "nt" else 0.0 if said_none else \
+                    inter / max(union, 1)
+                record = forms.setdefault(form, {"iou": [], "select": [], "none": []})
+                record["iou"].append(score)
+                record["none"].append(float(said_none))
             if kind == "nt":
                 continue
             both = (instances[k][:, None] & gt_inst[None]).flatten(2).sum(-1).float()
@@ -95,6 +104,8 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0) -> dict[s
             oracle.append(float(iou.max(0).values.mean()))
             top = set(inference.instance_scores[k].topk(gt_inst.shape[0]).indices.tolist())
             select.append(len(set(iou.argmax(0).tolist()) & top) / gt_inst.shape[0])
+            if form:
+                forms[form]["select"].append(select[-1])
     model.train()
 
     def mean(v):
@@ -107,6 +118,20 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0) -> dict[s
             "z t": mean(z["t"]), "z nt": mean(z["nt"])}
 
 
+def _form(sentence: str, kind: str) -> str:
+    """The synthetic grammar's form of a sentence ("relation", "NT-the", ...)."""
+    from refseg.data.synth.expressions import parse
+
+    return ("NT-" if kind == "nt" else "") + parse(sentence).form
+
+
+def _print_forms(forms: dict) -> None:
+    for form, v in sorted(forms.items()):
+        select = f"  select {100 * sum(v['select']) / len(v['select']):5.1f}" if v["select"] else ""
+        print(f"  {form:12s} n {len(v['iou']):4d}  IoU {100 * sum(v['iou']) / len(v['iou']):5.1f}"
+              f"  said none {100 * sum(v['none']) / len(v['none']):5.1f}" + select)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="a `refseg synth` folder")
@@ -114,6 +139,8 @@ def main() -> None:
     parser.add_argument("--cpu-seconds", type=float, default=480.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--forms", action="store_true",
+                        help="finally, per sentence form of the synthetic grammar")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -152,9 +179,12 @@ def main() -> None:
             print(f"{step:6d} steps, cpu {time.process_time() - cpu:5.0f} s:",
                   _fmt(evaluate(model, tokenizer, val, size, limit=200)), flush=True)
     cpu_used, wall_used = time.process_time() - cpu, time.time() - wall
+    forms = {} if args.forms else None
     print(f"final ({step} steps, cpu {cpu_used:.0f} s, wall {wall_used:.0f} s, "
           f"{cpu_used / max(step, 1):.3f} cpu s/step):",
-          _fmt(evaluate(model, tokenizer, val, size)), flush=True)
+          _fmt(evaluate(model, tokenizer, val, size, forms=forms)), flush=True)
+    if forms:
+        _print_forms(forms)
 
 
 def _fmt(figures: dict[str, float]) -> str:

@@ -133,6 +133,41 @@ def test_every_ablation_switch_runs_forward_and_backward(override):
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
+def test_open_language_gate_starts_shut_then_learns_and_reaches_deeper_stages():
+    model, tok = build("model.fusion_gate=open")
+    backbone = model.backbone
+    assert len(backbone.gates) == 3  # none after the last stage
+    batch = make_batch(tok)
+    text = model.text_encoder(batch.input_ids, batch.text_pad_mask)
+
+    def maps():
+        return backbone(batch.images, text.tokens.detach(), text.pad_mask)
+
+    gates, opened = backbone.gates, maps()
+    backbone.gates = None
+    shut = maps()
+    backbone.gates = gates
+    for a, b in zip(opened, shut):  # W2 = 0: the open gate starts as the shut one
+        torch.testing.assert_close(a, b)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model.loss(model(batch), batch)["loss"].backward()
+        optimizer.step()
+    assert all(g.gate[0].weight.grad.abs().sum() > 0 for g in backbone.gates)
+    seen = {}
+
+    def recording(s, x):  # stage s's own output, before its fusion
+        seen[s] = x
+        return backbone._fuse_stage(s, x, text.tokens[:2], text.pad_mask[:2])
+
+    with torch.no_grad():  # the same image under two sentences: stage 2 itself differs
+        text = model.text_encoder(batch.input_ids, batch.text_pad_mask)
+        backbone.backbone(batch.images[:1].expand(2, -1, -1, -1), fuse=recording)
+    torch.testing.assert_close(seen[0][0], seen[0][1])
+    assert not torch.allclose(seen[1][0], seen[1][1])
+
+
 def test_infer_and_decide():
     model, tok = build()
     model.eval()

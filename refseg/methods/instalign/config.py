@@ -18,6 +18,7 @@ INSTANCE_SUPERVISIONS = ("poa", "mask2former", "none")
 AGGREGATIONS = ("ia", "ia_no_prelu", "fixed")
 NO_TARGET_INPUTS = ("concat", "global", "sentence", "mean")
 EARLY_FUSIONS = ("pwam", "none")
+FUSION_GATES = ("shut", "open")
 TEXT_ENCODERS = ("bert", "bert-random")
 TOKENIZERS = ("bert", "word")
 WEIGHT_LAYOUTS = ("original", "mask2former", "hf")  # refseg.modeling.backbones.swin_weights
@@ -53,6 +54,9 @@ class InstAlignConfig:
     # ReLA/LAVT encoder InstAlign builds on; see docs/instalign.md) or none.
     early_fusion: str = "pwam"
     fusion_heads: int = 1
+    # PWAM output fed back into the next Swin stage by LAVT's language gate: "shut" as in
+    # the released LAVT/ReLA code (zero-initialised, it never learns), or "open" (learns).
+    fusion_gate: str = "shut"
     # Pixel decoder (MSDeformAttn encoder over strides 8/16/32 + FPN to stride 4).
     hidden_dim: int = 256
     encoder_layers: int = 6
@@ -98,6 +102,7 @@ class InstAlignConfig:
             "no_target_input": NO_TARGET_INPUTS,
             "aggregation": AGGREGATIONS,
             "early_fusion": EARLY_FUSIONS,
+            "fusion_gate": FUSION_GATES,
             "text_encoder": TEXT_ENCODERS,
             "tokenizer": TOKENIZERS,
             "backbone_weights_layout": WEIGHT_LAYOUTS,

@@ -3,11 +3,13 @@
 The paper builds on ReLA (Sec. 3.1, Supp. 11.2) and reports 230M parameters against
 ReLA's 226M; ReLA's visual encoder is LAVT's language-aware Swin, where every stage output
 is replaced by a pixel-word attention module (PWAM) product ``vis(x) * lang(x)``. LAVT and
-ReLA also add the product back into the stage through a tanh gate whose two weights are
-initialised to zero; with both at zero neither ever receives a gradient, so the released
-models run with the gate shut and only the stage *outputs* are language-aware. That is the
-behaviour implemented here (no dead gate), applied to the outputs of the shared Swin.
-See docs/instalign.md.
+ReLA also add the product back into the stage through a language gate (LAVT Sec. 3.3,
+``x + gate(f) * f`` with ``gate = tanh(W2 relu(W1 f))``) whose two weights the released
+code initialises to zero; with both at zero neither ever receives a gradient, so the
+released models run with the gate shut and only the stage *outputs* are language-aware.
+``fusion_gate="shut"`` is that behaviour (no dead gate is built); ``"open"`` is the gate as
+LAVT describes it, with only W2 zero-initialised so that it starts shut but learns, making
+the deeper stages language-aware too. See docs/instalign.md.
 
 Legend: B batch, L words, N pixels of one map, C visual channels, Ct text channels.
 """
@@ -63,33 +65,64 @@ class PixelWordAttention(nn.Module):
         return F.gelu(self.project_mm(vis * lang))
 
 
+class LanguageGate(nn.Module):
+    """LAVT's language gate: (B, H, W, C) fused map f -> tanh(W2 relu(W1 f)) * f, the
+    addend to the stage's output. W2 starts at zero: the gate opens as it learns."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate = nn.Sequential(nn.Linear(dim, dim, bias=False), nn.ReLU(),
+                                  nn.Linear(dim, dim, bias=False), nn.Tanh())
+        nn.init.zeros_(self.gate[2].weight)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.gate(fused) * fused
+
+
 class LanguageAwareBackbone(nn.Module):
     """A visual backbone whose every output map is made language-aware by a PWAM.
 
+    Args:
+        backbone: the wrapped backbone (its weights load unchanged); with ``gate`` it must
+            take a ``fuse`` hook as `SwinBackbone` does.
+        gate: feed each fused map back into its stage through a `LanguageGate` (not after
+            the last stage, which has no next stage).
+
     Attributes:
-        backbone: the wrapped backbone (its weights load unchanged).
         spec: the backbone's FeatureSpec (fusion keeps channels and strides).
     """
 
-    def __init__(self, *, backbone: nn.Module, text_dim: int, num_heads: int = 1):
+    def __init__(self, *, backbone: nn.Module, text_dim: int, num_heads: int = 1,
+                 gate: bool = False):
         super().__init__()
         self.backbone = backbone
         self.spec = backbone.spec
+        channels = backbone.spec.channels
         self.fusions = nn.ModuleList(
-            PixelWordAttention(dim=c, text_dim=text_dim, num_heads=num_heads)
-            for c in backbone.spec.channels
+            PixelWordAttention(dim=c, text_dim=text_dim, num_heads=num_heads) for c in channels
         )
+        self.gates = nn.ModuleList(LanguageGate(c) for c in channels[:-1]) if gate else None
 
     def forward(self, images: torch.Tensor, words: torch.Tensor,
                 pad_mask: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) images, (B, L, Ct) words, (B, L) padding -> the backbone's maps
         (B, C_i, H_i, W_i), each language-aware."""
+        if self.gates is not None:
+            return self.backbone(images, fuse=lambda s, x: self._fuse_stage(s, x, words, pad_mask))
         fused = []
         for feature, fusion in zip(self.backbone(images), self.fusions):
             B, C, H, W = feature.shape
             pixels = fusion(feature.flatten(2).transpose(1, 2), words, pad_mask)
             fused.append(pixels.transpose(1, 2).reshape(B, C, H, W))
         return fused
+
+    def _fuse_stage(self, s: int, x: torch.Tensor, words: torch.Tensor,
+                    pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stage s's normed output (B, H, W, C) -> (its fused map, the gated addend; None
+        after the last stage)."""
+        B, H, W, C = x.shape
+        fused = self.fusions[s](x.reshape(B, H * W, C), words, pad_mask).view(B, H, W, C)
+        return fused, (self.gates[s](fused) if s < len(self.gates) else None)
 
 
 class TextAgnosticBackbone(nn.Module):

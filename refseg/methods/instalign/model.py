@@ -218,7 +218,8 @@ def build_instalign(cfg: InstAlignConfig, tokenizer, *, pretrained: bool = True)
     swin = build_backbone(cfg, pretrained=pretrained)
     if cfg.early_fusion == "pwam":
         backbone = LanguageAwareBackbone(backbone=swin, text_dim=text_encoder.width,
-                                         num_heads=cfg.fusion_heads)
+                                         num_heads=cfg.fusion_heads,
+                                         gate=cfg.fusion_gate == "open")
     else:
         backbone = TextAgnosticBackbone(backbone=swin)
     pixel_decoder = MSDeformAttnPixelDecoder(

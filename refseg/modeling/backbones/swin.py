@@ -19,6 +19,7 @@ Legend: B batch, C channels, H/W spatial, N tokens per window (window_size**2), 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,12 @@ from torch.utils.checkpoint import checkpoint
 
 from refseg.errors import ConfigError
 from refseg.modeling.contracts import FeatureSpec
+
+# A stage's output (B, H, W, C) -> (the map the stage returns, the map it downsamples).
+StageFuse = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# (stage index, its normed output) -> (the map returned for it, an addend to its output
+# before downsampling, or None).
+BackboneFuse = Callable[[int, torch.Tensor], tuple[torch.Tensor, "torch.Tensor | None"]]
 
 # The value the original implementation adds to attention logits across shifted-window
 # region borders (not -inf: kept for numerical parity with released weights).
@@ -273,8 +280,12 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(dim=dim) if downsample else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W, C) -> (stage output (B, H, W, C), input of the next stage)."""
+    def forward(self, x: torch.Tensor,
+                fuse: StageFuse | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W, C) -> (stage output (B, H, W, C), input of the next stage).
+
+        ``fuse`` maps the blocks' output to (stage output, map to downsample), e.g.
+        LAVT's language-aware output and gated residual."""
         H, W = x.shape[1:3]
         w = self.window_size
         mask = shifted_window_mask(H + (-H) % w, W + (-W) % w, w, self.shift, x.device)
@@ -283,7 +294,10 @@ class SwinStage(nn.Module):
                 x = checkpoint(block, x, mask, use_reentrant=False)
             else:
                 x = block(x, mask)
-        return x, (self.downsample(x) if self.downsample is not None else x)
+        out = x
+        if fuse is not None:
+            out, x = fuse(x)
+        return out, (self.downsample(x) if self.downsample is not None else x)
 
 
 class PatchEmbed(nn.Module):
@@ -333,11 +347,16 @@ class SwinBackbone(nn.Module):
         if not self.patch_embed.proj.weight.is_meta:  # a meta model is only a shape to load into
             self.apply(_init_weights)
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, images: torch.Tensor,
+                fuse: BackboneFuse | None = None) -> list[torch.Tensor]:
         """
         Args:
             images: (B, 3, H, W) normalised images; H, W multiples of 32 give maps of exactly
                 H/s x W/s (other sizes are padded bottom/right, giving ceil(H/s)).
+            fuse: optional ``fuse(s, normed)`` for every stage s: from its normed output
+                (B, H_s, W_s, C_s) to (the map returned for the stage, an addend to the stage
+                output before it is downsampled, or None); e.g. LAVT's PWAM and language
+                gate.
 
         Returns:
             Four maps (B, C_i, H/s_i, W/s_i), ascending stride.
@@ -347,10 +366,20 @@ class SwinBackbone(nn.Module):
         x = self.patch_embed(images)
         features = []
         for s, stage in enumerate(self.layers):
-            out, x = stage(x)
             norm = getattr(self, f"norm{s}")
-            features.append(norm(out).permute(0, 3, 1, 2).contiguous())
+            if fuse is None:
+                out, x = stage(x)
+                out = norm(out)
+            else:
+                out, x = stage(x, lambda y, s=s, norm=norm: _fused(fuse(s, norm(y)), y))
+            features.append(out.permute(0, 3, 1, 2).contiguous())
         return features
+
+
+def _fused(fused: tuple[torch.Tensor, torch.Tensor | None], stage_output: torch.Tensor):
+    """(returned map, addend) and the stage output -> (returned map, map to downsample)."""
+    out, addend = fused
+    return out, stage_output if addend is None else stage_output + addend
 
 
 def _init_weights(module: nn.Module) -> None:
