@@ -8,7 +8,7 @@ import json
 from PIL import Image
 
 from refseg.cli import main
-from refseg.demo.pipeline import DemoOptions, run_demo
+from refseg.demo.pipeline import DemoOptions, DemoReport, run_demo
 
 FAST = ["train.max_iters=2", "train.batch_size=2", "train.eval_max_samples=4",
         "train.checkpoint_every=2"]
@@ -42,3 +42,14 @@ def test_demo_check_flag_fails_when_the_baselines_are_not_beaten(tmp_path, capsy
     printed = capsys.readouterr().out
     assert "does NOT beat" in printed
     assert Image.open(next((tmp_path / "demo" / "synth" / "images").glob("*.png"))).size == (48, 48)
+
+
+def test_verdict_judges_the_four_gres_headline_metrics_against_each_baseline():
+    baselines = {"all-empty": {"gIoU": 10.0, "cIoU": 0.0, "N-acc": 100.0, "T-acc": 0.0,
+                               "Pr@0.9": 0.0},
+                 "whole-image": {"gIoU": 2.6, "cIoU": 2.6, "N-acc": 0.0, "T-acc": 100.0,
+                                 "Pr@0.9": 0.0}}
+    model = {"gIoU": 36.4, "cIoU": 40.5, "N-acc": 58.3, "T-acc": 72.6, "Pr@0.9": 0.0}
+    assert DemoReport("out", model, baselines).beats_baselines  # a Pr@0.9 tie is not judged
+    for key, value in [("gIoU", 10.0), ("cIoU", 2.0), ("N-acc", 0.0), ("T-acc", 0.0)]:
+        assert not DemoReport("out", {**model, key: value}, baselines).beats_baselines, key

@@ -20,7 +20,7 @@ from refseg.engine.trainer import train
 from refseg.methods.registry import variant
 from refseg.predictor import load
 
-ITERATIONS = {"instalign-tiny": 120, "deris-tiny": 120}
+ITERATIONS = {"instalign-tiny": 200, "deris-tiny": 120}
 
 
 def _train_and_score(name: str, tmp_path) -> tuple[dict, dict[str, dict]]:

@@ -148,8 +148,10 @@ def instalign_tiny() -> RunConfig:
     trained from scratch, so the backbone learns at the full rate; small batches (more
     updates per second); the merged-mask (BCE + dice) and no-target terms weighted 5 so that
     the outputs that are scored get a strong signal next to the ten instance terms, with the
-    rare no-target sentences weighted 9x inside L_nt; the linear decay ends at ``max_iters``
-    (about what 9 minutes allow), the time budget stops a slower machine earlier."""
+    rare no-target sentences weighted 9x inside L_nt; relevance trained harder (unmatched
+    queries at full weight, lambda_cls 5: IA weighs every query by p_i) and LAVT's language
+    gate open (nothing pretrained to keep); the linear decay ends at ``max_iters`` (about
+    what 9 minutes allow), the time budget stops a slower machine earlier."""
     model = InstAlignConfig(
         backbone="swin_nano",
         drop_path_rate=0.0,
@@ -160,6 +162,7 @@ def instalign_tiny() -> RunConfig:
         text_heads=2,
         text_max_positions=32,
         fusion_heads=1,
+        fusion_gate="open",
         hidden_dim=64,
         encoder_layers=1,
         encoder_heads=4,
@@ -171,6 +174,8 @@ def instalign_tiny() -> RunConfig:
         decoder_heads=4,
         decoder_ffn_dim=128,
         num_points=1024,
+        class_weight=5.0,
+        unmatched_weight=1.0,
         merged_weight=5.0,
         merged_dice_weight=5.0,
         no_target_weight=5.0,
