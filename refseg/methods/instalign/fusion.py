@@ -83,8 +83,8 @@ class LanguageAwareBackbone(nn.Module):
     """A visual backbone whose every output map is made language-aware by a PWAM.
 
     Args:
-        backbone: the wrapped backbone (its weights load unchanged); with ``gate`` it must
-            take a ``fuse`` hook as `SwinBackbone` does.
+        backbone: the wrapped backbone (its weights load unchanged), taking a per-stage
+            ``fuse`` hook as `SwinBackbone` does.
         gate: feed each fused map back into its stage through a `LanguageGate` (not after
             the last stage, which has no next stage).
 
@@ -107,22 +107,17 @@ class LanguageAwareBackbone(nn.Module):
                 pad_mask: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) images, (B, L, Ct) words, (B, L) padding -> the backbone's maps
         (B, C_i, H_i, W_i), each language-aware."""
-        if self.gates is not None:
-            return self.backbone(images, fuse=lambda s, x: self._fuse_stage(s, x, words, pad_mask))
-        fused = []
-        for feature, fusion in zip(self.backbone(images), self.fusions):
-            B, C, H, W = feature.shape
-            pixels = fusion(feature.flatten(2).transpose(1, 2), words, pad_mask)
-            fused.append(pixels.transpose(1, 2).reshape(B, C, H, W))
-        return fused
+        return self.backbone(images, fuse=lambda s, x: self._fuse_stage(s, x, words, pad_mask))
 
     def _fuse_stage(self, s: int, x: torch.Tensor, words: torch.Tensor,
                     pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stage s's normed output (B, H, W, C) -> (its fused map, the gated addend; None
-        after the last stage)."""
+        with the gate shut and after the last stage)."""
         B, H, W, C = x.shape
         fused = self.fusions[s](x.reshape(B, H * W, C), words, pad_mask).view(B, H, W, C)
-        return fused, (self.gates[s](fused) if s < len(self.gates) else None)
+        if self.gates is None or s >= len(self.gates):
+            return fused, None
+        return fused, self.gates[s](fused)
 
 
 class TextAgnosticBackbone(nn.Module):

@@ -30,8 +30,6 @@ from torch.utils.checkpoint import checkpoint
 from refseg.errors import ConfigError
 from refseg.modeling.contracts import FeatureSpec
 
-# A stage's output (B, H, W, C) -> (the map the stage returns, the map it downsamples).
-StageFuse = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # (stage index, its normed output) -> (the map returned for it, an addend to its output
 # before downsampling, or None).
 BackboneFuse = Callable[[int, torch.Tensor], tuple[torch.Tensor, "torch.Tensor | None"]]
@@ -280,12 +278,13 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(dim=dim) if downsample else None
 
-    def forward(self, x: torch.Tensor,
-                fuse: StageFuse | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W, C) -> (stage output (B, H, W, C), input of the next stage).
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W, C) -> (stage output (B, H, W, C), input of the next stage)."""
+        out = self.run_blocks(x)
+        return out, self.next_input(out)
 
-        ``fuse`` maps the blocks' output to (stage output, map to downsample), e.g.
-        LAVT's language-aware output and gated residual."""
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage's blocks: (B, H, W, C) -> (B, H, W, C)."""
         H, W = x.shape[1:3]
         w = self.window_size
         mask = shifted_window_mask(H + (-H) % w, W + (-W) % w, w, self.shift, x.device)
@@ -294,10 +293,11 @@ class SwinStage(nn.Module):
                 x = checkpoint(block, x, mask, use_reentrant=False)
             else:
                 x = block(x, mask)
-        out = x
-        if fuse is not None:
-            out, x = fuse(x)
-        return out, (self.downsample(x) if self.downsample is not None else x)
+        return x
+
+    def next_input(self, out: torch.Tensor) -> torch.Tensor:
+        """Stage output -> input of the next stage (patch merging; none after the last)."""
+        return self.downsample(out) if self.downsample is not None else out
 
 
 class PatchEmbed(nn.Module):
@@ -366,20 +366,15 @@ class SwinBackbone(nn.Module):
         x = self.patch_embed(images)
         features = []
         for s, stage in enumerate(self.layers):
-            norm = getattr(self, f"norm{s}")
-            if fuse is None:
-                out, x = stage(x)
-                out = norm(out)
-            else:
-                out, x = stage(x, lambda y, s=s, norm=norm: _fused(fuse(s, norm(y)), y))
-            features.append(out.permute(0, 3, 1, 2).contiguous())
+            out = stage.run_blocks(x)
+            feature = getattr(self, f"norm{s}")(out)
+            if fuse is not None:
+                feature, addend = fuse(s, feature)
+                if addend is not None:
+                    out = out + addend
+            x = stage.next_input(out)
+            features.append(feature.permute(0, 3, 1, 2).contiguous())
         return features
-
-
-def _fused(fused: tuple[torch.Tensor, torch.Tensor | None], stage_output: torch.Tensor):
-    """(returned map, addend) and the stage output -> (returned map, map to downsample)."""
-    out, addend = fused
-    return out, stage_output if addend is None else stage_output + addend
 
 
 def _init_weights(module: nn.Module) -> None:
