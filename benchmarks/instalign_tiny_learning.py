@@ -15,7 +15,11 @@ gRefCOCO rules define them, and
 - ``select``: share of referents whose best query is among the top-relevance queries
   (does relevance pick the right instances?);
 - ``p_max t/nt``: mean highest relevance on target / no-target sentences;
-- ``z t/nt``: mean no-target probability on target / no-target sentences.
+- ``z t/nt``: mean no-target probability on target / no-target sentences;
+- ``topk``: mean IoU of the union of the k most relevant queries' masks (k = the number of
+  referents) with the target: the merged mask if relevance separated the referents cleanly;
+- ``p_next``: mean relevance of the (k+1)-th most relevant query on target sentences (how
+  much the first distractor leaks into the merged mask).
 
 Legend: B batch, N instances, S input side.
 """
@@ -72,6 +76,7 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0,
     total = len(split["sentences"]) if limit <= 0 else min(limit, len(split["sentences"]))
     gres = GRESAccumulator()
     oracle, select, p_max, z = [], [], {"t": [], "nt": []}, {"t": [], "nt": []}
+    topk, p_next = [], []
     for start in range(0, total, 50):
         idx = list(range(start, min(total, start + 50)))
         inference = model.infer(model(make_batch(split, tokenizer, idx)))
@@ -93,7 +98,7 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0,
             if form:
                 score = float(said_none) if kind == "nt" else 0.0 if said_none else \
                     inter / max(union, 1)
-                record = forms.setdefault(form, {"iou": [], "select": [], "none": []})
+                record = forms.setdefault(form, {"iou": [], "select": [], "none": [], "oracle": []})
                 record["iou"].append(score)
                 record["none"].append(float(said_none))
             if kind == "nt":
@@ -102,10 +107,17 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0,
             either = (instances[k][:, None] | gt_inst[None]).flatten(2).sum(-1).float()
             iou = both / either.clamp(min=1)  # (Q, N)
             oracle.append(float(iou.max(0).values.mean()))
-            top = set(inference.instance_scores[k].topk(gt_inst.shape[0]).indices.tolist())
+            ranked = inference.instance_scores[k].sort(descending=True)
+            n = gt_inst.shape[0]
+            top = set(ranked.indices[:n].tolist())
+            union_top = instances[k][ranked.indices[:n]].any(0)
+            topk.append(float((union_top & gt).sum() / (union_top | gt).sum().clamp(min=1)))
+            if n < len(ranked.values):
+                p_next.append(float(ranked.values[n]))
             select.append(len(set(iou.argmax(0).tolist()) & top) / gt_inst.shape[0])
             if form:
                 forms[form]["select"].append(select[-1])
+                forms[form]["oracle"].append(oracle[-1])
     model.train()
 
     def mean(v):
@@ -114,6 +126,7 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0,
     figures = gres.summary()
     return {**{k: figures[k] for k in ("gIoU", "cIoU", "N-acc", "T-acc")},
             "oracle": 100 * mean(oracle), "select": 100 * mean(select),
+            "topk": 100 * mean(topk), "p_next": mean(p_next),
             "p_max t": mean(p_max["t"]), "p_max nt": mean(p_max["nt"]),
             "z t": mean(z["t"]), "z nt": mean(z["nt"])}
 
@@ -127,7 +140,8 @@ def _form(sentence: str, kind: str) -> str:
 
 def _print_forms(forms: dict) -> None:
     for form, v in sorted(forms.items()):
-        select = f"  select {100 * sum(v['select']) / len(v['select']):5.1f}" if v["select"] else ""
+        select = (f"  select {100 * sum(v['select']) / len(v['select']):5.1f}"
+                  f"  oracle {100 * sum(v['oracle']) / len(v['oracle']):5.1f}") if v["select"] else ""
         print(f"  {form:12s} n {len(v['iou']):4d}  IoU {100 * sum(v['iou']) / len(v['iou']):5.1f}"
               f"  said none {100 * sum(v['none']) / len(v['none']):5.1f}" + select)
 
@@ -140,7 +154,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--forms", action="store_true",
-                        help="finally, per sentence form of the synthetic grammar")
+                        help="finally, IoU, share said none, select and oracle per sentence form")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
