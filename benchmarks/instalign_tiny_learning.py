@@ -114,7 +114,7 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0,
             topk.append(float((union_top & gt).sum() / (union_top | gt).sum().clamp(min=1)))
             if n < len(ranked.values):
                 p_next.append(float(ranked.values[n]))
-            select.append(len(set(iou.argmax(0).tolist()) & top) / gt_inst.shape[0])
+            select.append(len(set(iou.argmax(0).tolist()) & top) / n)
             if form:
                 forms[form]["select"].append(select[-1])
                 forms[form]["oracle"].append(oracle[-1])
@@ -140,8 +140,9 @@ def _form(sentence: str, kind: str) -> str:
 
 def _print_forms(forms: dict) -> None:
     for form, v in sorted(forms.items()):
-        select = (f"  select {100 * sum(v['select']) / len(v['select']):5.1f}"
-                  f"  oracle {100 * sum(v['oracle']) / len(v['oracle']):5.1f}") if v["select"] else ""
+        select = "" if not v["select"] else (
+            f"  select {100 * sum(v['select']) / len(v['select']):5.1f}"
+            f"  oracle {100 * sum(v['oracle']) / len(v['oracle']):5.1f}")
         print(f"  {form:12s} n {len(v['iou']):4d}  IoU {100 * sum(v['iou']) / len(v['iou']):5.1f}"
               f"  said none {100 * sum(v['none']) / len(v['none']):5.1f}" + select)
 
