@@ -229,6 +229,7 @@ def test_tokenizer_round_trip(tmp_path):
     ("model.aggregation=mean", "model.aggregation"),
     ("model.instance_supervision=detr", "model.instance_supervision"),
     ("model.early_fusion=film", "model.early_fusion"),
+    ("model.fusion_gate=half", "model.fusion_gate"),
     ("model.backbone=resnet50", "model.backbone"),
 ])
 def test_bad_choices_are_config_errors(override, message):
