@@ -42,6 +42,7 @@ def test_targets_at_network_size_map_back_onto_the_ground_truth(train_split):
     """Targets resized to S x S and post-processed back to H x W overlap the original
     masks almost exactly: the data and post-processing geometry agree."""
     data = RefSegData(train_split, 32)
+    ious = []
     for index in range(8):
         sample = train_split.samples[index]
         item = data[index]
@@ -52,17 +53,20 @@ def test_targets_at_network_size_map_back_onto_the_ground_truth(train_split):
         if sample.no_target:
             assert item.targets.masks.shape[0] == 0 and item.targets.boxes.shape == (0, 4)
             continue
-        merged = item.targets.merged
+        # the area fractions binarised: a confident prediction of the target at S x S
+        merged = (item.targets.merged >= 0.5).float()
         decision = Decision(False, 0.0, merged, merged[None], torch.ones(1))
         result = to_result(decision, info.height, info.width, Thresholds())
         gt = rle_to_mask(train_split.merged_rle(sample))
         iou = (result.mask & gt).sum() / (result.mask | gt).sum()
-        assert iou > 0.75, (sample.sentence, iou)
+        assert iou > 0.7, (sample.sentence, iou)  # a star's points are thinner than 1.5 px
+        ious.append(iou)
         # boxes are normalised xyxy of the referents
         x1, y1, x2, y2 = train_split.instance_boxes(sample)[0]
         w, h = info.width, info.height
         expected = torch.tensor([x1 / w, y1 / h, x2 / w, y2 / h])
         assert torch.allclose(item.targets.boxes[0], expected)
+    assert sum(ious) / len(ious) > 0.8, ious
 
 
 def test_collate_tokenises_and_keeps_sent_ids(train_split):
@@ -114,10 +118,16 @@ def test_nsc_hook_converts_per_epoch_and_index_deterministically(train_split):
     assert off[index].sentence == train_split.samples[index].sentence
 
 
-def test_upsample_is_bilinear_on_probabilities():
-    probs = torch.tensor([[[0.0, 1.0]]])  # (1, 1, 2)
-    up = upsample_probs(probs, 1, 4)
-    assert torch.allclose(up, torch.tensor([[[0.0, 0.25, 0.75, 1.0]]]))
+def test_upsample_is_bilinear_on_logits():
+    logits = torch.tensor([[[0.0, 2.0]]])  # (1, 1, 2); output centres read x = 0, .25, .75, 1
+    up = upsample_probs(logits.sigmoid(), 1, 4)
+    assert torch.allclose(up, torch.tensor([[[0.0, 0.5, 1.5, 2.0]]]).sigmoid(), atol=1e-6)
+    # A weak peak next to a confident background: resizing the probabilities (0.88, 0.66,
+    # 0.22, 0.00) would put the edge past the second pixel, the logits (2, -0.5, -5.5, -8)
+    # put it where the losses trained it.
+    weak = torch.tensor([[[2.0, -8.0]]]).sigmoid()
+    assert (upsample_probs(weak, 1, 4) >= 0.5).tolist() == [[[True, False, False, False]]]
+    assert upsample_probs(torch.ones(1, 2, 2), 3, 3).min() > 1 - 1e-5  # saturated stays 1
 
 
 def test_to_result_thresholds_boxes_and_no_target():
