@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from refseg.cli import main
 from refseg.config import TrainConfig
 from refseg.engine import checkpoint
-from refseg.engine.schedule import lr_factor
+from refseg.engine.schedule import build_optimizer, lr_factor
 from refseg.engine.trainer import NonFiniteLoss, Trainer, train
 from refseg.errors import ConfigError
 
@@ -157,6 +157,35 @@ def test_cli_train_from_saved_config_json(data, tmp_path):
     args = ["train", str(run / "config.json"), "train.epochs=2", "--out", str(again)]
     assert main(args + ["--no-progress"]) == 0
     assert checkpoint.read_meta(again / "checkpoints" / "last")["iteration"] == 4
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_fused_optimizer_step_equals_the_multi_tensor_step(name):
+    """CPU parameters get the fused update; it moves the weights as the foreach one does."""
+    torch.manual_seed(0)
+    weights = [torch.randn(5, 3), torch.randn(3)]
+    grads = [torch.randn_like(w) for w in weights]
+    cfg = TrainConfig(optimizer=name, lr=1e-2, weight_decay=0.05)
+    fast = [w.clone().requires_grad_() for w in weights]
+    optimizer = build_optimizer([{"params": fast}], cfg)
+    assert optimizer.defaults["fused"]
+    reference = [w.clone().requires_grad_() for w in weights]
+    kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    slow = kind([{"params": reference}], lr=1e-2, weight_decay=0.05, foreach=True)
+    for _ in range(3):
+        for params, opt in ((fast, optimizer), (reference, slow)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b, w in zip(fast, reference, weights):
+        assert not torch.equal(a, w)
+        torch.testing.assert_close(a, b)
+
+
+def test_unknown_optimizer_is_a_config_error():
+    with pytest.raises(ConfigError, match="train.optimizer=sgd"):
+        build_optimizer([{"params": [torch.zeros(1, requires_grad=True)]}],
+                        TrainConfig(optimizer="sgd"))
 
 
 def test_lr_schedules_hand_computed():
