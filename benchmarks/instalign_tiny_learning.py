@@ -156,6 +156,9 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--forms", action="store_true",
                         help="finally, IoU, share said none, select and oracle per sentence form")
+    parser.add_argument("--train-eval", type=int, default=0, metavar="N",
+                        help="finally, also the figures on the first N training sentences "
+                             "(the gap to val shows memorisation)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -200,6 +203,9 @@ def main() -> None:
           _fmt(evaluate(model, tokenizer, val, size, forms=forms)), flush=True)
     if forms:
         _print_forms(forms)
+    if args.train_eval:
+        print(f"train (first {args.train_eval} sentences):",
+              _fmt(evaluate(model, tokenizer, train, size, limit=args.train_eval)), flush=True)
 
 
 def _fmt(figures: dict[str, float]) -> str:
