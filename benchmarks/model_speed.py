@@ -66,6 +66,7 @@ def measure(name, overrides, mode, batch, reps, device_name, amp, queue):
     import torch
 
     from refseg.engine.distributed import autocast
+    from refseg.engine.schedule import build_optimizer
 
     torch.manual_seed(0)
     device = torch.device(device_name)
@@ -73,7 +74,9 @@ def measure(name, overrides, mode, batch, reps, device_name, amp, queue):
     model.to(device)
     data = make_batch(config, tokenizer, batch, device)
     params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    # the trainer's optimiser (its parameter groups, fused update) and gradient clipping
+    optimizer = build_optimizer(model.param_groups(config.train.lr), config.train)
+    clip = config.train.grad_clip
 
     def step():
         if mode == "forward":
@@ -85,6 +88,8 @@ def measure(name, overrides, mode, batch, reps, device_name, amp, queue):
             with autocast(device, amp):
                 loss = model.loss(model(data), data)["loss"]
             loss.backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
