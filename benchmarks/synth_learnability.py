@@ -1,7 +1,8 @@
 """Is the synthetic benchmark worth learning? Train a small sentence-conditioned CNN on it
 for a few minutes on CPU and compare with the same network that never sees the sentence.
 
-    .venv/bin/python benchmarks/synth_learnability.py [--images 1000] [--steps 800]
+    .venv/bin/python benchmarks/synth_learnability.py [--images 1000] [--steps 800] \
+        [--data DIR] [--no-coords]
 
 Prints gIoU / cIoU / no-target accuracy on val for: the text-conditioned net, the
 image-only net (sentence replaced by a constant), two trivial baselines (predict nothing;
@@ -55,8 +56,9 @@ def tensors(ds, vocab: dict[str, int], side: int, max_words: int):
 class FilmNet(nn.Module):
     """Conv encoder with coordinate channels, FiLM by a GRU sentence code at each stage."""
 
-    def __init__(self, vocab: int, channels: int = 48, text: int = 64):
+    def __init__(self, vocab: int, channels: int = 48, text: int = 64, coords: bool = True):
         super().__init__()
+        self.coords = coords  # False: the coordinate channels are zeros (an ablation)
         self.embed = nn.Embedding(vocab + 1, text, padding_idx=0)
         self.gru = nn.GRU(text, text, batch_first=True, bidirectional=True)
         c = channels
@@ -74,15 +76,17 @@ class FilmNet(nn.Module):
         sentence = (out * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, 2T)
         x = images
         for conv, film, norm in zip(self.stages, self.films, self.norms):
-            x = norm(conv(_with_coords(x)))
+            x = norm(conv(_with_coords(x, self.coords)))
             gamma, beta = film(sentence).chunk(2, dim=1)
             x = F.relu(x * (1 + gamma[..., None, None]) + beta[..., None, None])
         logits = self.head(x)
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear")[:, 0]
 
 
-def _with_coords(x):
+def _with_coords(x, coords: bool = True):
     b, _, h, w = x.shape
+    if not coords:
+        return torch.cat([x, x.new_zeros(b, 2, h, w)], dim=1)
     ys = torch.linspace(-1, 1, h).view(1, 1, h, 1).expand(b, 1, h, w)
     xs = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(b, 1, h, w)
     return torch.cat([x, xs, ys], dim=1)
@@ -175,13 +179,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=800, help="training steps (batch 32) per net")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("text", "image"), help="train only one of the nets")
+    parser.add_argument("--data", type=Path,
+                        help="an existing `refseg synth` folder instead of a fresh one")
+    parser.add_argument("--no-coords", action="store_true", help="zero the coordinate channels")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
-        out = generate(Path(tmp), layout="grefcoco", images=args.images, seed=0)
-        print(f"generated {args.images} images in {time.time() - t0:.1f} s")
+        out = args.data or generate(Path(tmp), layout="grefcoco", images=args.images, seed=0)
+        if not args.data:
+            print(f"generated {args.images} images in {time.time() - t0:.1f} s")
         vocab: dict[str, int] = {}
         train_data = tensors(load_split("grefcoco", out, "train", images=out / "images"), vocab,
                              args.side, 16)
@@ -199,7 +207,7 @@ def main() -> None:
     print(f"{'image-only oracle bound':28s} gIoU {oracle:6.3f}")
     for text in [t for t in (True, False) if args.only in (None, "text" if t else "image")]:
         torch.manual_seed(0)
-        net = FilmNet(len(vocab))
+        net = FilmNet(len(vocab), coords=not args.no_coords)
         seconds = train(net, train_data, steps=args.steps, text=text, val=val_data)
         name = "sentence-conditioned CNN" if text else "image-only CNN"
         print(f"{name:28s}", _fmt(evaluate(net, val_data, text=text)),
