@@ -199,7 +199,7 @@ def instalign_tiny() -> RunConfig:
             weight_decay=0.01,
             batch_size=8,
             epochs=30,
-            max_iters=4000,
+            max_iters=4500,
             lr_schedule="linear",
             warmup_iters=50,
             grad_clip=1.0,
