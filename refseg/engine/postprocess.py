@@ -4,7 +4,7 @@ Soft masks (not binary ones) are upsampled bilinearly and thresholded afterwards
 mask edge is placed at sub-pixel precision of the network's output. The resize works on
 logits, as the mask losses read them (point sampling and the merged-mask loss interpolate
 logits) and as Mask2Former's inference resizes them: resizing probabilities instead moves
-the edges of small, weakly peaked masks outwards (5 points of mean IoU for instalign-tiny
+the edges of small, weakly peaked masks outwards (about 4 points of gIoU for instalign-tiny
 on the synthetic benchmark, docs/instalign.md).
 """
 

@@ -12,9 +12,9 @@ def build_optimizer(param_groups: list[dict], cfg: TrainConfig) -> torch.optim.O
     """AdamW (the papers' choice) or Adam over the model's parameter groups.
 
     The fused update (one kernel over all parameters) is used when every parameter is a
-    floating-point tensor on the CPU or a CUDA device: on CPU it takes a quarter of the time
-    of the multi-tensor (``foreach``) one, which is the fallback elsewhere (about a tenth of
-    a small model's training step, docs/benchmarks.md).
+    floating-point tensor on the CPU or a CUDA device: on CPU it takes under a third of the
+    time of the multi-tensor (``foreach``) one, which is the fallback elsewhere
+    (docs/benchmarks.md, "Optimiser step").
     """
     if cfg.optimizer not in ("adamw", "adam"):
         raise ConfigError(f"train.optimizer={cfg.optimizer}: expected adamw or adam")
