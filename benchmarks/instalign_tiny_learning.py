@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from refseg.config import apply_overrides
+from refseg.data.synth.expressions import no_target_kind, parse
 from refseg.engine.schedule import build_optimizer, build_scheduler
 from refseg.methods.registry import variant
 from refseg.metrics.gres import GRESAccumulator
@@ -69,9 +70,11 @@ def make_batch(split: dict, tokenizer, idx: list[int]) -> Batch:
 
 @torch.no_grad()
 def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0,
-             forms: dict | None = None) -> dict[str, float]:
+             forms: dict | None = None, scenes: list | None = None) -> dict[str, float]:
     """GRES figures at S x S and the diagnostics of the module docstring; with ``forms``
-    (an empty dict), also each sentence form's sample IoU and ``select`` (filled in)."""
+    (an empty dict), also each sentence form's sample IoU and ``select`` (filled in), and
+    with ``scenes`` (each sentence's objects, `Thing` lists) the share of no-target
+    sentences said none per `no_target_kind`."""
     model.eval()
     total = len(split["sentences"]) if limit <= 0 else min(limit, len(split["sentences"]))
     gres = GRESAccumulator()
@@ -98,9 +101,15 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0,
             if form:
                 score = float(said_none) if kind == "nt" else 0.0 if said_none else \
                     inter / max(union, 1)
-                record = forms.setdefault(form, {"iou": [], "select": [], "none": [], "oracle": []})
-                record["iou"].append(score)
-                record["none"].append(float(said_none))
+                groups = [form]
+                if kind == "nt" and scenes is not None:
+                    groups.append("NT: " + no_target_kind(parse(split["sentences"][i]),
+                                                          scenes[i]))
+                for group in groups:
+                    record = forms.setdefault(group, {"iou": [], "select": [], "none": [],
+                                                      "oracle": []})
+                    record["iou"].append(score)
+                    record["none"].append(float(said_none))
             if kind == "nt":
                 continue
             both = (instances[k][:, None] & gt_inst[None]).flatten(2).sum(-1).float()
@@ -133,9 +142,17 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0,
 
 def _form(sentence: str, kind: str) -> str:
     """The synthetic grammar's form of a sentence ("relation", "NT-the", ...)."""
-    from refseg.data.synth.expressions import parse
-
     return ("NT-" if kind == "nt" else "") + parse(sentence).form
+
+
+def sentence_scenes(data: Path, split: str) -> list:
+    """The objects (`Thing` lists) of each sentence's image, in `load_split_tensors` order."""
+    from refseg.data.load import load_split
+    from refseg.data.synth import read_scenes
+
+    scenes = read_scenes(data)
+    samples = load_split("grefcoco", data, split, images=data / "images").samples
+    return [list(scenes[s.image_id].values()) for s in samples]
 
 
 def _print_forms(forms: dict) -> None:
@@ -143,7 +160,7 @@ def _print_forms(forms: dict) -> None:
         select = "" if not v["select"] else (
             f"  select {100 * sum(v['select']) / len(v['select']):5.1f}"
             f"  oracle {100 * sum(v['oracle']) / len(v['oracle']):5.1f}")
-        print(f"  {form:12s} n {len(v['iou']):4d}  IoU {100 * sum(v['iou']) / len(v['iou']):5.1f}"
+        print(f"  {form:22s} n {len(v['iou']):4d}  IoU {100 * sum(v['iou']) / len(v['iou']):5.1f}"
               f"  said none {100 * sum(v['none']) / len(v['none']):5.1f}" + select)
 
 
@@ -155,7 +172,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--forms", action="store_true",
-                        help="finally, IoU, share said none, select and oracle per sentence form")
+                        help="finally, IoU, share said none, select and oracle per sentence "
+                             "form, and the share said none per kind of no-target sentence")
     parser.add_argument("--train-eval", type=int, default=0, metavar="N",
                         help="finally, also the figures on the first N training sentences "
                              "(the gap to val shows memorisation)")
@@ -200,7 +218,9 @@ def main() -> None:
     forms = {} if args.forms else None
     print(f"final ({step} steps, cpu {cpu_used:.0f} s, wall {wall_used:.0f} s, "
           f"{cpu_used / max(step, 1):.3f} cpu s/step):",
-          _fmt(evaluate(model, tokenizer, val, size, forms=forms)), flush=True)
+          _fmt(evaluate(model, tokenizer, val, size, forms=forms,
+                        scenes=sentence_scenes(args.data, "val") if args.forms else None)),
+          flush=True)
     if forms:
         _print_forms(forms)
     if args.train_eval:

@@ -17,8 +17,8 @@ from refseg.cli import main
 from refseg.data.load import load_split
 from refseg.data.synth import REFS_FILES, SCENES_FILE, assign_splits, generate, read_scenes
 from refseg.data.synth import layouts as synth_layouts
-from refseg.data.synth.expressions import (Expression, Phrase, Sampler, Thing, parse, realize,
-                                           resolve)
+from refseg.data.synth.expressions import (Expression, Phrase, Sampler, Thing, no_target_kind,
+                                           parse, realize, resolve)
 from refseg.data.synth.scenes import COLORS
 from refseg.errors import ConfigError
 
@@ -51,6 +51,24 @@ def test_attributes_counts_and_sets():
     # ill-formed for this scene: never emitted
     assert resolve(parse("the two squares"), things, S) is None  # which two of three?
     assert resolve(parse("all blue squares"), things, S) is None  # "all" of one
+
+
+def test_no_target_kinds():
+    things = [sq("red", 20, 20), sq("red", 80, 20, "small"), Thing("circle", "green", "big", 50, 80)]
+
+    def kind(sentence):
+        assert resolve(parse(sentence), things, S) == frozenset()  # each refers to nothing
+        return no_target_kind(parse(sentence), things)
+
+    assert kind("the red hexagon") == "absent shape"
+    assert kind("the blue square") == "absent colour"
+    assert kind("the green square above the yellow circle") == "absent colour"  # landmark
+    assert kind("the hexagon above the blue circle") == "absent shape"  # shape checked first
+    assert kind("the green square") == "binding"  # green and square exist, not together
+    assert kind("the small circle") == "binding"
+    assert kind("the three red squares") == "count or position"
+    assert kind("the circle at the top") == "count or position"
+    assert kind("the third red square from the left") == "count or position"
 
 
 def test_absolute_positions_and_ordinals():

@@ -120,6 +120,32 @@ def resolve(expr: Expression, things: list[Thing], side: int) -> frozenset[int] 
     raise ValueError(f"unknown form {expr.form!r}")
 
 
+NO_TARGET_KINDS = ("absent shape", "absent colour", "absent size", "binding", "count or position")
+
+
+def no_target_kind(expr: Expression, things: list[Thing]) -> str:
+    """Why a sentence that refers to nothing refers to nothing, hardest cause last:
+
+    - ``absent shape`` / ``absent colour`` / ``absent size``: the sentence names a value
+      that no object in the scene has ("the hexagon" with no hexagon); checked in this
+      order, on the head phrase and then the landmark;
+    - ``binding``: every named value is in the scene, but no object has them together
+      ("the green star" with a green circle and a red star);
+    - ``count or position``: objects match the phrases, but not the count, order or place
+      ("the three squares" with two, "the square on the left" with squares on the right).
+    """
+    phrases = [expr.head] + ([expr.landmark] if expr.landmark is not None else [])
+    for attr, kind in (("shape", "absent shape"), ("color", "absent colour"),
+                       ("size", "absent size")):
+        for phrase in phrases:
+            value = getattr(phrase, attr)
+            if value is not None and all(getattr(t, attr) != value for t in things):
+                return kind
+    if any(not any(phrase.matches(t) for t in things) for phrase in phrases):
+        return "binding"
+    return "count or position"
+
+
 def _one(chosen: list[int]) -> frozenset[int] | None:
     """A singular reference: one object, none (no target), or ambiguous."""
     if len(chosen) == 1:
