@@ -120,11 +120,8 @@ def resolve(expr: Expression, things: list[Thing], side: int) -> frozenset[int] 
     raise ValueError(f"unknown form {expr.form!r}")
 
 
-NO_TARGET_KINDS = ("absent shape", "absent colour", "absent size", "binding", "count or position")
-
-
 def no_target_kind(expr: Expression, things: list[Thing]) -> str:
-    """Why a sentence that refers to nothing refers to nothing, hardest cause last:
+    """Why a sentence that refers to nothing refers to nothing, the first that applies of:
 
     - ``absent shape`` / ``absent colour`` / ``absent size``: the sentence names a value
       that no object in the scene has ("the hexagon" with no hexagon); checked in this
