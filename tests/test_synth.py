@@ -356,3 +356,39 @@ def test_cli_round_trip(tmp_path, capsys):
     assert "refs(final).p" in printed and "no-target" in printed
     assert main(["data", "--format", "refzom", "--data", str(out),
                  "--images", str(out / "images")]) == 0
+
+
+def _no_target_kinds_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "no_target_kinds.py"
+    spec = importlib.util.spec_from_file_location("no_target_kinds", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_target_kinds_benchmark_counts_saved_decisions(bench, tmp_path):
+    from refseg.data.types import Prediction
+    from refseg.io.predictions import write_predictions
+
+    out = bench["grefcoco"]
+    samples = load_split("grefcoco", out, "val", images=out / "images").samples
+    empty = {"size": [96, 96], "counts": "PP9"}  # COCO RLE of an empty 96 x 96 mask
+    script = _no_target_kinds_script()
+    for said_none in (True, False):
+        preds = tmp_path / f"{said_none}.jsonl"
+        write_predictions(preds, [Prediction(s.sent_id, empty, said_none and s.no_target)
+                                  for s in samples])
+        total, none = script.said_none_by_kind(out, preds, "val")
+        n = sum(s.no_target for s in samples)
+        assert n > 0 and total["all (N-acc)"] == n
+        kinds = ("absent shape", "absent colour", "absent size", "binding", "count or position")
+        assert sum(total[k] for k in kinds) == n
+        assert dict(none) == (dict(total) if said_none else dict.fromkeys(total, 0))
+    missing = tmp_path / "missing.jsonl"
+    first = next(s for s in samples if s.no_target)
+    write_predictions(missing, [Prediction(s.sent_id, empty, True) for s in samples
+                                if s is not first])
+    with pytest.raises(SystemExit, match=f"no prediction for sent_id {first.sent_id}"):
+        script.said_none_by_kind(out, missing, "val")
