@@ -225,12 +225,12 @@ def test_decide_keeps_instances_above_threshold_and_unions_them():
     inference = Inference(torch.zeros(2, 4, 4), 1 - scores.max(1).values, logits, scores)
     first, second = model.decide(inference, Thresholds(instance=0.7, mask=0.5))
     assert not first.no_target and first.instance_scores.shape == (2,)
-    union = first.mask_prob >= 0.5
+    union = first.mask_logits >= 0.0
     assert union[:2, :2].all() and union[2:, 2:].all() and not union[:2, 2:].any()
     assert first.no_target_score == pytest.approx(1 - float(scores[0].max()))
-    assert second.no_target and second.instance_probs.shape[0] == 0
+    assert second.no_target and second.instance_logits.shape[0] == 0
     assert second.no_target_score == pytest.approx(0.5)  # best refer probability 0.5
-    assert not second.mask_prob.ge(0.5).any()
+    assert not second.mask_logits.ge(0.0).any()
 
 
 def test_infer_and_decide_on_the_model():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from engine_tinyfilm import WordTokenizer, synth
 
 from refseg.data.load import load_split
@@ -18,7 +19,7 @@ from refseg.engine.data import (
     RefSegData,
     preprocess_image,
 )
-from refseg.engine.postprocess import to_result, upsample_probs
+from refseg.engine.postprocess import to_result, upsample_logits
 from refseg.modeling.base import Decision, Thresholds
 
 
@@ -54,7 +55,7 @@ def test_targets_at_network_size_map_back_onto_the_ground_truth(train_split):
             assert item.targets.masks.shape[0] == 0 and item.targets.boxes.shape == (0, 4)
             continue
         # the area fractions binarised: a confident prediction of the target at S x S
-        merged = (item.targets.merged >= 0.5).float()
+        merged = torch.where(item.targets.merged >= 0.5, 10.0, -10.0)  # logits
         decision = Decision(False, 0.0, merged, merged[None], torch.ones(1))
         result = to_result(decision, info.height, info.width, Thresholds())
         gt = rle_to_mask(train_split.merged_rle(sample))
@@ -120,20 +121,22 @@ def test_nsc_hook_converts_per_epoch_and_index_deterministically(train_split):
 
 def test_upsample_is_bilinear_on_logits():
     logits = torch.tensor([[[0.0, 2.0]]])  # (1, 1, 2); output centres read x = 0, .25, .75, 1
-    up = upsample_probs(logits.sigmoid(), 1, 4)
+    up = upsample_logits(logits, 1, 4)
     assert torch.allclose(up, torch.tensor([[[0.0, 0.5, 1.5, 2.0]]]).sigmoid(), atol=1e-6)
     # A weak peak next to a confident background: resizing the probabilities (0.88, 0.66,
     # 0.22, 0.00) would put the edge past the second pixel, the logits (2, -0.5, -5.5, -8)
     # put it where the losses trained it.
-    weak = torch.tensor([[[2.0, -8.0]]]).sigmoid()
-    assert (upsample_probs(weak, 1, 4) >= 0.5).tolist() == [[[True, False, False, False]]]
-    assert upsample_probs(torch.ones(1, 2, 2), 3, 3).min() > 1 - 1e-5  # saturated stays 1
+    weak = torch.tensor([[[2.0, -8.0]]])
+    assert (upsample_logits(weak, 1, 4) >= 0.5).tolist() == [[[True, False, False, False]]]
+    probs_resized = F.interpolate(weak[:, None].sigmoid(), size=(1, 4), mode="bilinear", align_corners=False)
+    assert (probs_resized[:, 0] >= 0.5).tolist() == [[[True, True, False, False]]]
+    assert upsample_logits(torch.zeros(0, 2, 2), 3, 3).shape == (0, 3, 3)
 
 
 def test_to_result_thresholds_boxes_and_no_target():
-    prob = torch.zeros(4, 4)
-    prob[1:3, 0:2] = 0.9
-    other = torch.zeros(4, 4)
+    prob = torch.full((4, 4), -9.0)  # logits; 2.2 = probability 0.9
+    prob[1:3, 0:2] = 2.2
+    other = torch.full((4, 4), -9.0)
     decision = Decision(False, 0.2, prob, torch.stack([prob, other]), torch.tensor([0.8, 0.6]))
     result = to_result(decision, 4, 4, Thresholds())
     assert result.mask.sum() == 4 and result.mask[1:3, 0:2].all()

@@ -180,7 +180,7 @@ def test_infer_and_decide():
     decisions = model.decide(inference, model.config.thresholds)
     assert len(decisions) == 4
     for d, scores in zip(decisions, inference.instance_scores):
-        assert d.instance_probs.shape[0] == int((scores > 0.5).sum())
+        assert d.instance_logits.shape[0] == int((scores > 0.5).sum())
 
 
 def test_param_groups_backbone_lr_and_no_decay():

@@ -19,25 +19,20 @@ from refseg.data.types import Instance, RefResult
 from refseg.modeling.base import Decision, Thresholds
 
 
-# Probabilities are clamped to [EPS, 1 - EPS] before taking logits (float32 sigmoid
-# saturates); any threshold inside that range decides exactly as on the raw logits.
-EPS = 1e-6
-
-
-def upsample_probs(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear resize of probabilities in logit space.
+def upsample_logits(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize of mask logits to the image.
 
     Args:
-        probs: (K, S', S') probabilities.
+        logits: (K, S', S') mask logits at network resolution.
 
     Returns:
-        (K, H, W) probabilities at the original size: sigmoid of the resized logits.
+        (K, H, W) foreground probabilities at the original size: sigmoid of the resized
+        logits.
     """
-    if probs.shape[0] == 0:
-        return probs.new_zeros((0, height, width))
-    logits = torch.logit(probs[:, None].float().clamp(EPS, 1.0 - EPS))
+    if logits.shape[0] == 0:
+        return logits.new_zeros((0, height, width))
     return F.interpolate(
-        logits, size=(height, width), mode="bilinear", align_corners=False
+        logits[:, None].float(), size=(height, width), mode="bilinear", align_corners=False
     )[:, 0].sigmoid()
 
 
@@ -50,8 +45,8 @@ def to_result(decision: Decision, height: int, width: int, thresholds: Threshold
     """
     if decision.no_target:
         return RefResult(True, decision.no_target_score, np.zeros((height, width), bool), [])
-    merged = upsample_probs(decision.mask_prob[None], height, width)[0] >= thresholds.mask
-    inst = upsample_probs(decision.instance_probs, height, width) >= thresholds.mask
+    merged = upsample_logits(decision.mask_logits[None], height, width)[0] >= thresholds.mask
+    inst = upsample_logits(decision.instance_logits, height, width) >= thresholds.mask
     inst_masks = inst.cpu().numpy()
     scores = decision.instance_scores.detach().float().cpu().tolist()
     if decision.instance_boxes is not None:

@@ -36,16 +36,16 @@ class Decision:
     Attributes:
         no_target: the explicit no-target decision.
         no_target_score: probability that nothing is referred to.
-        mask_prob: (S', S') merged foreground probability; ignored when no_target.
-        instance_probs: (K, S', S') probabilities of the kept instances.
+        mask_logits: (S', S') merged foreground logits; ignored when no_target.
+        instance_logits: (K, S', S') mask logits of the kept instances.
         instance_scores: (K,) their scores.
         instance_boxes: (K, 4) normalised xyxy boxes, or None (derived from masks).
     """
 
     no_target: bool
     no_target_score: float
-    mask_prob: torch.Tensor
-    instance_probs: torch.Tensor
+    mask_logits: torch.Tensor
+    instance_logits: torch.Tensor
     instance_scores: torch.Tensor
     instance_boxes: torch.Tensor | None = None
 
@@ -85,8 +85,8 @@ class RefSegModel(nn.Module):
                 Decision(
                     no_target=nt_score > thresholds.no_target,
                     no_target_score=nt_score,
-                    mask_prob=inference.merged_logits[b].sigmoid(),
-                    instance_probs=inference.instance_logits[b][keep].sigmoid(),
+                    mask_logits=inference.merged_logits[b],
+                    instance_logits=inference.instance_logits[b][keep],
                     instance_scores=inference.instance_scores[b][keep],
                     instance_boxes=None if boxes is None else boxes[b][keep],
                 )

@@ -176,8 +176,8 @@ class Deris(RefSegModel):
             decisions.append(Decision(
                 no_target=not bool(keep.any()),
                 no_target_score=float(1.0 - scores.max()),
-                mask_prob=union_logits(logits[None], keep[None])[0].sigmoid(),
-                instance_probs=logits[keep].sigmoid(),
+                mask_logits=union_logits(logits[None], keep[None])[0],
+                instance_logits=logits[keep],
                 instance_scores=scores[keep],
             ))
         return decisions
