@@ -1,0 +1,60 @@
+"""Mixed precision: both methods' forward, loss, backward and decision under bf16 autocast.
+
+The trainer and `refseg eval` run the model and its loss inside `torch.autocast` on GPU
+(`train.amp`). CPU autocast applies the same casting rules to the same ops, so these tests
+catch dtype mismatches (a bf16 activation meeting an fp32 one outside an autocast op, a
+bf16 cost matrix handed to scipy) without a GPU.
+"""
+
+import pytest
+import test_deris_model as deris
+import test_instalign_model as instalign
+import torch
+
+from refseg.engine.postprocess import to_result
+from refseg.modeling.base import Thresholds
+
+METHODS = {"instalign": instalign, "deris": deris}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def losses_of(model, batch, amp: bool) -> dict[str, torch.Tensor]:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        return model.loss(model(batch), batch)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_bf16_autocast_trains_like_fp32(name):
+    module = METHODS[name]
+    model, tok = module.build()
+    batch = module.make_batch(tok)  # one, many, none and two targets
+    reference = losses_of(model, batch, amp=False)
+    losses = losses_of(model, batch, amp=True)
+    assert losses["loss"].dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa: the same loss to within a few per cent
+    assert losses["loss"].item() == pytest.approx(reference["loss"].item(), rel=0.05)
+    losses["loss"].backward()
+    bad = [n for n, p in model.named_parameters()
+           if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_bf16_autocast_decisions_reach_the_image(name):
+    module = METHODS[name]
+    model, tok = module.build()
+    model.eval()
+    batch = module.make_batch(tok)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        decisions = model.decide(model.infer(model(batch)), Thresholds(instance=0.0))
+    for decision in decisions:
+        result = to_result(decision, 48, 80, Thresholds(instance=0.0))
+        assert result.mask.shape == (48, 80) and result.mask.dtype == bool
+        assert all(inst.mask.shape == (48, 80) for inst in result.instances)
