@@ -1,4 +1,4 @@
-"""Mixed precision: both methods' forward, loss, backward and decision under bf16 autocast.
+"""Mixed precision: both methods' forward, loss, backward and decision under autocast.
 
 The trainer and `refseg eval` run the model and its loss inside `torch.autocast` on GPU
 (`train.amp`). CPU autocast applies the same casting rules to the same ops, so these tests
@@ -15,6 +15,7 @@ from refseg.engine.postprocess import to_result
 from refseg.modeling.base import Thresholds
 
 METHODS = {"instalign": instalign, "deris": deris}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,20 +26,21 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def losses_of(model, batch, amp: bool) -> dict[str, torch.Tensor]:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+def losses_of(model, batch, dtype) -> dict[str, torch.Tensor]:
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         return model.loss(model(batch), batch)
 
 
+@pytest.mark.parametrize("amp", sorted(DTYPES))
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_bf16_autocast_trains_like_fp32(name):
+def test_autocast_trains_like_fp32(name, amp):
     module = METHODS[name]
     model, tok = module.build()
     batch = module.make_batch(tok)  # one, many, none and two targets
-    reference = losses_of(model, batch, amp=False)
-    losses = losses_of(model, batch, amp=True)
+    reference = losses_of(model, batch, None)
+    losses = losses_of(model, batch, DTYPES[amp])
     assert losses["loss"].dtype == torch.float32
-    # bf16 keeps 8 bits of mantissa: the same loss to within a few per cent
+    # bf16 keeps 8 bits of mantissa, fp16 11: the same loss to within a few per cent
     assert losses["loss"].item() == pytest.approx(reference["loss"].item(), rel=0.05)
     losses["loss"].backward()
     bad = [n for n, p in model.named_parameters()
@@ -46,13 +48,14 @@ def test_bf16_autocast_trains_like_fp32(name):
     assert not bad, bad
 
 
+@pytest.mark.parametrize("amp", sorted(DTYPES))
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_bf16_autocast_decisions_reach_the_image(name):
+def test_autocast_decisions_reach_the_image(name, amp):
     module = METHODS[name]
     model, tok = module.build()
     model.eval()
     batch = module.make_batch(tok)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=DTYPES[amp]):
         decisions = model.decide(model.infer(model(batch)), Thresholds(instance=0.0))
     for decision in decisions:
         result = to_result(decision, 48, 80, Thresholds(instance=0.0))
