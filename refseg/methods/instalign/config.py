@@ -173,7 +173,7 @@ def instalign_tiny() -> RunConfig:
         decoder_layers=3,
         decoder_heads=4,
         decoder_ffn_dim=128,
-        num_points=1024,
+        num_points=256,  # the 16 x 16 mask pixels at 64 px (docs/instalign.md, seventh round)
         class_weight=5.0,
         unmatched_weight=1.0,
         merged_weight=5.0,
@@ -199,7 +199,7 @@ def instalign_tiny() -> RunConfig:
             weight_decay=0.01,
             batch_size=8,
             epochs=30,
-            max_iters=4500,
+            max_iters=5000,
             lr_schedule="linear",
             warmup_iters=50,
             grad_clip=1.0,
