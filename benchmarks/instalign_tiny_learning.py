@@ -16,6 +16,8 @@ gRefCOCO rules define them, and
   (does relevance pick the right instances?);
 - ``p_max t/nt``: mean highest relevance on target / no-target sentences;
 - ``z t/nt``: mean no-target probability on target / no-target sentences;
+- ``z auc``: how well that probability separates the two kinds, whatever the threshold
+  (0.5: not at all, 1: perfectly);
 - ``topk``: mean IoU of the union of the k most relevant queries' masks (k = the number of
   referents) with the target: the merged mask if relevance separated the referents cleanly;
 - ``p_next``: mean relevance of the (k+1)-th most relevant query on target sentences (how
@@ -137,7 +139,16 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0,
             "oracle": 100 * mean(oracle), "select": 100 * mean(select),
             "topk": 100 * mean(topk), "p_next": mean(p_next),
             "p_max t": mean(p_max["t"]), "p_max nt": mean(p_max["nt"]),
-            "z t": mean(z["t"]), "z nt": mean(z["nt"])}
+            "z t": mean(z["t"]), "z nt": mean(z["nt"]), "z auc": _auc(z["nt"], z["t"])}
+
+
+def _auc(positives: list[float], negatives: list[float]) -> float | None:
+    """Area under the ROC curve: the chance that a random positive scores above a random
+    negative (ties count half); threshold-free, unlike N-acc and T-acc."""
+    if not positives or not negatives:
+        return None
+    pos, neg = torch.tensor(positives)[:, None], torch.tensor(negatives)[None]
+    return float((pos > neg).float().mean() + 0.5 * (pos == neg).float().mean())
 
 
 def _form(sentence: str, kind: str) -> str:
