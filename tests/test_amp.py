@@ -27,6 +27,7 @@ def one_thread():
 
 
 def losses_of(model, batch, dtype) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)  # the same sampled points for matching and losses in every call
     with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         return model.loss(model(batch), batch)
 
@@ -40,8 +41,8 @@ def test_autocast_trains_like_fp32(name, amp):
     reference = losses_of(model, batch, None)
     losses = losses_of(model, batch, DTYPES[amp])
     assert losses["loss"].dtype == torch.float32
-    # bf16 keeps 8 bits of mantissa, fp16 11: the same loss to within a few per cent
-    assert losses["loss"].item() == pytest.approx(reference["loss"].item(), rel=0.05)
+    # same sampled points; bf16 keeps 8 bits of mantissa, fp16 11 (measured: <= 0.11 %)
+    assert losses["loss"].item() == pytest.approx(reference["loss"].item(), rel=0.01)
     losses["loss"].backward()
     bad = [n for n, p in model.named_parameters()
            if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
