@@ -9,6 +9,9 @@ benchmark (`refseg.data.synth.expressions.no_target_kind`), from predictions it 
 (`refseg demo` leaves DIR/synth and its val predictions.jsonl.) A sentence counts as said
 none when its prediction's explicit no-target decision is set, as N-acc counts it; the
 last line is N-acc. Sentences naming an absent shape are also split by the shape named.
+When the predictions carry `no_target_score` (refseg writes it), each row also gives the
+ROC AUC of that score between the row's no-target sentences and all target sentences:
+how well the model separates that kind, whatever the threshold (0.5: not at all).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 from refseg.data.load import load_split
 from refseg.data.synth import read_scenes
@@ -25,14 +30,45 @@ from refseg.io.predictions import read_predictions
 
 def said_none_by_kind(data: Path, predictions: Path, split: str) -> tuple[Counter, Counter]:
     """(sentences, said none) per kind, over the split's no-target sentences."""
-    scenes = read_scenes(data)
-    decided = {p.sent_id: p.no_target for p in read_predictions(predictions)}
     total, none = Counter(), Counter()
+    for groups, pred in _no_target_rows(data, predictions, split)[0]:
+        for group in groups:
+            total[group] += 1
+            none[group] += pred.no_target
+    return total, none
+
+
+def auc_by_kind(data: Path, predictions: Path, split: str) -> dict[str, float]:
+    """ROC AUC of ``no_target_score`` per kind: the chance that a no-target sentence of the
+    kind scores above a target sentence (ties half). Empty when a prediction has no score."""
+    rows, targets = _no_target_rows(data, predictions, split)
+    if any(p.no_target_score is None for _, p in rows) or not targets or \
+            any(p.no_target_score is None for p in targets):
+        return {}
+    negative = np.array([p.no_target_score for p in targets])[None]
+    scores: dict[str, list[float]] = {}
+    for groups, pred in rows:
+        for group in groups:
+            scores.setdefault(group, []).append(pred.no_target_score)
+    out = {}
+    for group, values in scores.items():
+        positive = np.array(values)[:, None]
+        out[group] = float((positive > negative).mean() + 0.5 * (positive == negative).mean())
+    return out
+
+
+def _no_target_rows(data: Path, predictions: Path, split: str):
+    """([(groups, prediction)] for the no-target sentences, [prediction] for the targets)."""
+    scenes = read_scenes(data)
+    by_id = {p.sent_id: p for p in read_predictions(predictions)}
+    rows, targets = [], []
     for sample in load_split("grefcoco", data, split, images=data / "images").samples:
-        if not sample.no_target:
-            continue
-        if sample.sent_id not in decided:
+        if sample.sent_id not in by_id:
             raise SystemExit(f"{predictions}: no prediction for sent_id {sample.sent_id}")
+        pred = by_id[sample.sent_id]
+        if not sample.no_target:
+            targets.append(pred)
+            continue
         expr, things = parse(sample.sentence), list(scenes[sample.image_id].values())
         kind = no_target_kind(expr, things)
         groups = [kind]
@@ -41,10 +77,8 @@ def said_none_by_kind(data: Path, predictions: Path, split: str) -> tuple[Counte
             groups.append("absent shape: " + next(
                 ph.shape for ph in phrases if ph is not None and ph.shape is not None
                 and all(t.shape != ph.shape for t in things)))
-        for group in groups + ["all (N-acc)"]:
-            total[group] += 1
-            none[group] += decided[sample.sent_id]
-    return total, none
+        rows.append((groups + ["all (N-acc)"], pred))
+    return rows, targets
 
 
 def main() -> None:
@@ -54,8 +88,10 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     args = parser.parse_args()
     total, none = said_none_by_kind(args.data, args.predictions, args.split)
+    auc = auc_by_kind(args.data, args.predictions, args.split)
     for group in sorted(total, key=lambda g: (g == "all (N-acc)", g)):
-        print(f"{group:26s} n {total[group]:4d}  said none {100 * none[group] / total[group]:5.1f} %")
+        line = f"{group:26s} n {total[group]:4d}  said none {100 * none[group] / total[group]:5.1f} %"
+        print(line + (f"  AUC {auc[group]:.2f}" if group in auc else ""))
 
 
 if __name__ == "__main__":

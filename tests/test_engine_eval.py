@@ -99,6 +99,9 @@ def test_eval_metrics_equal_score_of_saved_predictions(trained, mixed, tmp_path)
     records = read_predictions(preds)
     assert len(records) == 6 and all(r.has_instances for r in records)
     assert {r.no_target for r in records} == {True, False}
+    # each record carries the score its decision thresholded: one threshold splits them
+    said_none = [r.no_target_score for r in records if r.no_target]
+    assert max(r.no_target_score for r in records if not r.no_target) < min(said_none)
 
 
 def test_eval_thresholds_change_decisions(trained, tmp_path):
@@ -109,6 +112,9 @@ def test_eval_thresholds_change_decisions(trained, tmp_path):
         assert main(eval_args(data, result.checkpoint, *args)) == 0
     assert all(p.no_target and not p.instances for p in read_predictions(always))
     assert not any(p.no_target for p in read_predictions(never))
+    # thresholds change the decisions, not the scores behind them
+    scores = [[p.no_target_score for p in read_predictions(f)] for f in (always, never)]
+    assert scores[0] == scores[1]
 
 
 def torchrun(*args, nproc=2, timeout=180):

@@ -63,7 +63,21 @@ def test_uncompressed_counts_are_accepted(tmp_path):
 def test_prediction_from_result_encodes_masks():
     result = RefResult(False, 0.1, BLOCK, [Instance((1, 1, 4, 3), 0.8, BLOCK)])
     pred = prediction_from_result(7, result)
-    assert pred == Prediction(7, RLE, False, [Instance((1.0, 1.0, 4.0, 3.0), 0.8, RLE)], True)
+    assert pred == Prediction(7, RLE, False, [Instance((1.0, 1.0, 4.0, 3.0), 0.8, RLE)], True,
+                              no_target_score=0.1)
+
+
+def test_no_target_score_is_optional_kept_and_checked(tmp_path):
+    path = _write(tmp_path, [{"sent_id": 1, "mask": RLE, "no_target_score": 0.25},
+                             {"sent_id": 2, "mask": RLE, "no_target_score": 1}])
+    preds = read_predictions(path)
+    assert [p.no_target_score for p in preds] == [0.25, 1.0]
+    write_predictions(tmp_path / "again.jsonl", preds)
+    assert read_predictions(tmp_path / "again.jsonl") == preds
+    (plain,) = read_predictions(_write(tmp_path, [{"sent_id": 3, "mask": RLE}]))
+    assert plain.no_target_score is None
+    write_predictions(tmp_path / "plain.json", [plain])
+    assert "no_target_score" not in (tmp_path / "plain.json").read_text()
 
 
 BAD = [
@@ -86,6 +100,12 @@ BAD = [
     ([{"sent_id": 4, "mask": {"size": [4, 5], "counts": [5, 2, 1]}}],
      r"sent_id 4: mask: RLE counts cover 8 pixels"),
     ([{"sent_id": 4, "mask": RLE, "no_target": 1}], r"'no_target' must be true or false"),
+    ([{"sent_id": 4, "mask": RLE, "no_target_score": 1.5}],
+     r"sent_id 4: 'no_target_score' must be a number in \[0, 1\], got 1.5"),
+    ([{"sent_id": 4, "mask": RLE, "no_target_score": "0.3"}],
+     r"sent_id 4: 'no_target_score' must be a number in \[0, 1\]"),
+    ([{"sent_id": 4, "mask": RLE, "no_target_score": True}],
+     r"sent_id 4: 'no_target_score' must be a number in \[0, 1\]"),
     ([{"sent_id": 4, "mask": RLE, "instances": {}}], r"'instances' must be a list"),
     ([{"sent_id": 4, "mask": RLE, "instances": [{"box": [0, 0, 1], "score": 1}]}],
      r"sent_id 4: instances\[0\]: 'box' must be \[x1, y1, x2, y2\]"),

@@ -386,6 +386,18 @@ def test_no_target_kinds_benchmark_counts_saved_decisions(bench, tmp_path):
         kinds = ("absent shape", "absent colour", "absent size", "binding", "count or position")
         assert sum(total[k] for k in kinds) == n
         assert dict(none) == (dict(total) if said_none else dict.fromkeys(total, 0))
+        assert script.auc_by_kind(out, preds, "val") == {}  # no scores saved
+    # scores: every no-target sentence above every target one but one target tied at the top
+    scored = tmp_path / "scored.jsonl"
+    tied = next(s for s in samples if not s.no_target)
+    write_predictions(scored, [
+        Prediction(s.sent_id, empty, False,
+                   no_target_score=0.9 if s.no_target or s is tied else 0.1)
+        for s in samples])
+    auc = script.auc_by_kind(out, scored, "val")
+    targets = sum(not s.no_target for s in samples)
+    assert set(auc) == set(total)
+    assert all(v == pytest.approx(1 - 0.5 / targets) for v in auc.values())
     missing = tmp_path / "missing.jsonl"
     first = next(s for s in samples if s.no_target)
     write_predictions(missing, [Prediction(s.sent_id, empty, True) for s in samples

@@ -73,7 +73,9 @@ class Prediction:
     """A system's output for one sentence, as in a predictions file.
 
     ``mask`` is the merged mask as RLE at the original image size; ``no_target`` defaults
-    to "the mask is empty" when the file omits it; ``instances`` may be empty.
+    to "the mask is empty" when the file omits it; ``instances`` may be empty;
+    ``no_target_score`` (the probability behind ``no_target``, in [0, 1]) is optional and
+    not scored: it lets a no-target threshold be studied without running the model again.
     """
 
     sent_id: int
@@ -81,6 +83,7 @@ class Prediction:
     no_target: bool
     instances: list[Instance] = field(default_factory=list)
     has_instances: bool = False
+    no_target_score: float | None = None
 
 
 @dataclass

@@ -5,6 +5,7 @@ A JSON list, or JSON Lines (one object per line), of records::
     {"sent_id": int,
      "mask": {"size": [h, w], "counts": str},        # merged mask, COCO RLE, image size
      "no_target": bool,                              # optional: default "mask is empty"
+     "no_target_score": float,                       # optional, in [0, 1]; not scored
      "instances": [{"box": [x1, y1, x2, y2],         # optional (GREC / REC need it)
                     "score": float,
                     "mask": RLE}]}                   # instance mask optional
@@ -25,7 +26,7 @@ from refseg.data.types import Instance, Prediction, RefResult
 from refseg.errors import DataError, PredictionError
 from refseg.io.atomic import atomic_path
 
-FIELDS = {"sent_id", "mask", "no_target", "instances"}
+FIELDS = {"sent_id", "mask", "no_target", "no_target_score", "instances"}
 INSTANCE_FIELDS = {"box", "score", "mask"}
 
 
@@ -117,6 +118,10 @@ def _parse_record(record: Any, source: str,
     no_target = record.get("no_target")
     if no_target is not None and not isinstance(no_target, bool):
         raise PredictionError(f"{where}: 'no_target' must be true or false, got {no_target!r}")
+    score = record.get("no_target_score")
+    if score is not None and not (_is_number(score) and 0.0 <= score <= 1.0):
+        raise PredictionError(
+            f"{where}: 'no_target_score' must be a number in [0, 1], got {score!r}")
     instances = []
     has_instances = "instances" in record
     if has_instances:
@@ -128,7 +133,8 @@ def _parse_record(record: Any, source: str,
             if rle is not None:
                 rles.append((f"instances[{k}].mask", rle))
     # no_target None is resolved once the masks are checked (parse_predictions).
-    return Prediction(int(sent_id), mask, no_target, instances, has_instances), rles
+    score = None if score is None else float(score)
+    return Prediction(int(sent_id), mask, no_target, instances, has_instances, score), rles
 
 
 def _parse_instance(inst: Any, where: str) -> tuple[Instance, dict | None]:
@@ -211,6 +217,8 @@ def prediction_to_json(pred: Prediction) -> dict:
         "mask": _rle_json(pred.mask),
         "no_target": bool(pred.no_target),
     }
+    if pred.no_target_score is not None:
+        record["no_target_score"] = float(pred.no_target_score)
     if pred.has_instances or pred.instances:
         record["instances"] = []
         for inst in pred.instances:
@@ -240,7 +248,7 @@ def prediction_from_result(sent_id: int, result: RefResult) -> Prediction:
         for inst in result.instances
     ]
     return Prediction(int(sent_id), _rle_json(result.mask), bool(result.no_target), instances,
-                      has_instances=True)
+                      has_instances=True, no_target_score=float(result.no_target_score))
 
 
 def write_predictions(path: str | Path, predictions: list[Prediction]) -> None:
