@@ -41,6 +41,7 @@ from refseg.data.synth.expressions import no_target_kind, parse
 from refseg.engine.schedule import build_optimizer, build_scheduler
 from refseg.methods.registry import variant
 from refseg.metrics.gres import GRESAccumulator
+from refseg.metrics.separation import roc_auc
 from refseg.modeling.contracts import Batch, Targets
 
 
@@ -139,16 +140,7 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0,
             "oracle": 100 * mean(oracle), "select": 100 * mean(select),
             "topk": 100 * mean(topk), "p_next": mean(p_next),
             "p_max t": mean(p_max["t"]), "p_max nt": mean(p_max["nt"]),
-            "z t": mean(z["t"]), "z nt": mean(z["nt"]), "z auc": _auc(z["nt"], z["t"])}
-
-
-def _auc(positives: list[float], negatives: list[float]) -> float | None:
-    """Area under the ROC curve: the chance that a random positive scores above a random
-    negative (ties count half); threshold-free, unlike N-acc and T-acc."""
-    if not positives or not negatives:
-        return None
-    pos, neg = torch.tensor(positives)[:, None], torch.tensor(negatives)[None]
-    return float((pos > neg).float().mean() + 0.5 * (pos == neg).float().mean())
+            "z t": mean(z["t"]), "z nt": mean(z["nt"]), "z auc": roc_auc(z["nt"], z["t"])}
 
 
 def _form(sentence: str, kind: str) -> str:

@@ -20,12 +20,11 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from refseg.data.load import load_split
 from refseg.data.synth import read_scenes
 from refseg.data.synth.expressions import no_target_kind, parse
 from refseg.io.predictions import read_predictions
+from refseg.metrics.separation import roc_auc
 
 
 def said_none_by_kind(data: Path, predictions: Path, split: str) -> tuple[Counter, Counter]:
@@ -45,16 +44,12 @@ def auc_by_kind(data: Path, predictions: Path, split: str) -> dict[str, float]:
     if any(p.no_target_score is None for _, p in rows) or not targets or \
             any(p.no_target_score is None for p in targets):
         return {}
-    negative = np.array([p.no_target_score for p in targets])[None]
+    negatives = [p.no_target_score for p in targets]
     scores: dict[str, list[float]] = {}
     for groups, pred in rows:
         for group in groups:
             scores.setdefault(group, []).append(pred.no_target_score)
-    out = {}
-    for group, values in scores.items():
-        positive = np.array(values)[:, None]
-        out[group] = float((positive > negative).mean() + 0.5 * (positive == negative).mean())
-    return out
+    return {group: roc_auc(values, negatives) for group, values in scores.items()}
 
 
 def _no_target_rows(data: Path, predictions: Path, split: str):
