@@ -10,20 +10,13 @@ import pytest
 import test_deris_model as deris
 import test_instalign_model as instalign
 import torch
+from test_instalign_model import one_thread  # noqa: F401  (autouse: tiny tensors, one thread)
 
 from refseg.engine.postprocess import to_result
 from refseg.modeling.base import Thresholds
 
 METHODS = {"instalign": instalign, "deris": deris}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def losses_of(model, batch, dtype) -> dict[str, torch.Tensor]:
