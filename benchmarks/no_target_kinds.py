@@ -22,25 +22,24 @@ from pathlib import Path
 
 from refseg.data.load import load_split
 from refseg.data.synth import read_scenes
-from refseg.data.synth.expressions import no_target_kind, parse
+from refseg.data.synth.expressions import absent_value, no_target_kind, parse
 from refseg.io.predictions import read_predictions
 from refseg.metrics.separation import roc_auc
 
 
-def said_none_by_kind(data: Path, predictions: Path, split: str) -> tuple[Counter, Counter]:
-    """(sentences, said none) per kind, over the split's no-target sentences."""
+def said_none_by_kind(rows: list) -> tuple[Counter, Counter]:
+    """(sentences, said none) per kind, from `no_target_rows`' no-target rows."""
     total, none = Counter(), Counter()
-    for groups, pred in _no_target_rows(data, predictions, split)[0]:
+    for groups, pred in rows:
         for group in groups:
             total[group] += 1
             none[group] += pred.no_target
     return total, none
 
 
-def auc_by_kind(data: Path, predictions: Path, split: str) -> dict[str, float]:
+def auc_by_kind(rows: list, targets: list) -> dict[str, float]:
     """ROC AUC of ``no_target_score`` per kind: the chance that a no-target sentence of the
     kind scores above a target sentence (ties half). Empty when a prediction has no score."""
-    rows, targets = _no_target_rows(data, predictions, split)
     if any(p.no_target_score is None for _, p in rows) or not targets or \
             any(p.no_target_score is None for p in targets):
         return {}
@@ -52,7 +51,7 @@ def auc_by_kind(data: Path, predictions: Path, split: str) -> dict[str, float]:
     return {group: roc_auc(values, negatives) for group, values in scores.items()}
 
 
-def _no_target_rows(data: Path, predictions: Path, split: str):
+def no_target_rows(data: Path, predictions: Path, split: str) -> tuple[list, list]:
     """([(groups, prediction)] for the no-target sentences, [prediction] for the targets)."""
     scenes = read_scenes(data)
     by_id = {p.sent_id: p for p in read_predictions(predictions)}
@@ -67,11 +66,8 @@ def _no_target_rows(data: Path, predictions: Path, split: str):
         expr, things = parse(sample.sentence), list(scenes[sample.image_id].values())
         kind = no_target_kind(expr, things)
         groups = [kind]
-        if kind == "absent shape":  # the shape named (by the head or the landmark) and absent
-            phrases = [expr.head, expr.landmark]
-            groups.append("absent shape: " + next(
-                ph.shape for ph in phrases if ph is not None and ph.shape is not None
-                and all(t.shape != ph.shape for t in things)))
+        if kind == "absent shape":  # also by the shape named
+            groups.append("absent shape: " + absent_value(expr, things)[1])
         rows.append((groups + ["all (N-acc)"], pred))
     return rows, targets
 
@@ -82,8 +78,9 @@ def main() -> None:
     parser.add_argument("--predictions", type=Path, required=True)
     parser.add_argument("--split", default="val")
     args = parser.parse_args()
-    total, none = said_none_by_kind(args.data, args.predictions, args.split)
-    auc = auc_by_kind(args.data, args.predictions, args.split)
+    rows, targets = no_target_rows(args.data, args.predictions, args.split)
+    total, none = said_none_by_kind(rows)
+    auc = auc_by_kind(rows, targets)
     for group in sorted(total, key=lambda g: (g == "all (N-acc)", g)):
         line = f"{group:26s} n {total[group]:4d}  said none {100 * none[group] / total[group]:5.1f} %"
         print(line + (f"  AUC {auc[group]:.2f}" if group in auc else ""))

@@ -380,13 +380,14 @@ def test_no_target_kinds_benchmark_counts_saved_decisions(bench, tmp_path):
         preds = tmp_path / f"{said_none}.jsonl"
         write_predictions(preds, [Prediction(s.sent_id, empty, said_none and s.no_target)
                                   for s in samples])
-        total, none = script.said_none_by_kind(out, preds, "val")
+        rows, targets = script.no_target_rows(out, preds, "val")
+        total, none = script.said_none_by_kind(rows)
         n = sum(s.no_target for s in samples)
         assert n > 0 and total["all (N-acc)"] == n
         kinds = ("absent shape", "absent colour", "absent size", "binding", "count or position")
         assert sum(total[k] for k in kinds) == n
         assert dict(none) == (dict(total) if said_none else dict.fromkeys(total, 0))
-        assert script.auc_by_kind(out, preds, "val") == {}  # no scores saved
+        assert script.auc_by_kind(rows, targets) == {}  # no scores saved
     # scores: every no-target sentence above every target one but one target tied at the top
     scored = tmp_path / "scored.jsonl"
     tied = next(s for s in samples if not s.no_target)
@@ -394,7 +395,7 @@ def test_no_target_kinds_benchmark_counts_saved_decisions(bench, tmp_path):
         Prediction(s.sent_id, empty, False,
                    no_target_score=0.9 if s.no_target or s is tied else 0.1)
         for s in samples])
-    auc = script.auc_by_kind(out, scored, "val")
+    auc = script.auc_by_kind(*script.no_target_rows(out, scored, "val"))
     targets = sum(not s.no_target for s in samples)
     assert set(auc) == set(total)
     assert all(v == pytest.approx(1 - 0.5 / targets) for v in auc.values())
@@ -403,4 +404,4 @@ def test_no_target_kinds_benchmark_counts_saved_decisions(bench, tmp_path):
     write_predictions(missing, [Prediction(s.sent_id, empty, True) for s in samples
                                 if s is not first])
     with pytest.raises(SystemExit, match=f"no prediction for sent_id {first.sent_id}"):
-        script.said_none_by_kind(out, missing, "val")
+        script.no_target_rows(out, missing, "val")

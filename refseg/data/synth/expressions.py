@@ -131,16 +131,29 @@ def no_target_kind(expr: Expression, things: list[Thing]) -> str:
     - ``count or position``: objects match the phrases, but not the count, order or place
       ("the three squares" with two, "the square on the left" with squares on the right).
     """
+    absent = absent_value(expr, things)
+    if absent is not None:
+        return ABSENT_KINDS[absent[0]]
     phrases = [expr.head] + ([expr.landmark] if expr.landmark is not None else [])
-    for attr, kind in (("shape", "absent shape"), ("color", "absent colour"),
-                       ("size", "absent size")):
-        for phrase in phrases:
-            value = getattr(phrase, attr)
-            if value is not None and all(getattr(t, attr) != value for t in things):
-                return kind
     if any(not any(phrase.matches(t) for t in things) for phrase in phrases):
         return "binding"
     return "count or position"
+
+
+ABSENT_KINDS = {"shape": "absent shape", "color": "absent colour", "size": "absent size"}
+
+
+def absent_value(expr: Expression, things: list[Thing]) -> tuple[str, str] | None:
+    """The first (attribute, value) the sentence names that no object has, attributes in
+    the order shape, colour, size, each on the head phrase and then the landmark; None when
+    every named value is in the scene."""
+    phrases = [expr.head] + ([expr.landmark] if expr.landmark is not None else [])
+    for attr in ABSENT_KINDS:
+        for phrase in phrases:
+            value = getattr(phrase, attr)
+            if value is not None and all(getattr(t, attr) != value for t in things):
+                return attr, value
+    return None
 
 
 def _one(chosen: list[int]) -> frozenset[int] | None:
