@@ -82,7 +82,8 @@ def main() -> None:
     total, none = said_none_by_kind(rows)
     auc = auc_by_kind(rows, targets)
     for group in sorted(total, key=lambda g: (g == "all (N-acc)", g)):
-        line = f"{group:26s} n {total[group]:4d}  said none {100 * none[group] / total[group]:5.1f} %"
+        share = 100 * none[group] / total[group]
+        line = f"{group:26s} n {total[group]:4d}  said none {share:5.1f} %"
         print(line + (f"  AUC {auc[group]:.2f}" if group in auc else ""))
 
 

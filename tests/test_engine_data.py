@@ -128,7 +128,8 @@ def test_upsample_is_bilinear_on_logits():
     # put it where the losses trained it.
     weak = torch.tensor([[[2.0, -8.0]]])
     assert (upsample_logits(weak, 1, 4) >= 0.5).tolist() == [[[True, False, False, False]]]
-    probs_resized = F.interpolate(weak[:, None].sigmoid(), size=(1, 4), mode="bilinear", align_corners=False)
+    probs_resized = F.interpolate(weak[:, None].sigmoid(), size=(1, 4), mode="bilinear",
+                                  align_corners=False)
     assert (probs_resized[:, 0] >= 0.5).tolist() == [[[True, True, False, False]]]
     assert upsample_logits(torch.zeros(0, 2, 2), 3, 3).shape == (0, 3, 3)
 

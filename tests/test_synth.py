@@ -54,7 +54,8 @@ def test_attributes_counts_and_sets():
 
 
 def test_no_target_kinds():
-    things = [sq("red", 20, 20), sq("red", 80, 20, "small"), Thing("circle", "green", "big", 50, 80)]
+    things = [sq("red", 20, 20), sq("red", 80, 20, "small"),
+              Thing("circle", "green", "big", 50, 80)]
 
     def kind(sentence):
         assert resolve(parse(sentence), things, S) == frozenset()  # each refers to nothing
