@@ -100,14 +100,14 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0,
             inter, union = int((merged[k] & gt).sum()), int((merged[k] | gt).sum())
             gres.add(i, intersection=inter, union=union, pred_no_target=said_none,
                      gt_no_target=kind == "nt")
-            form = _form(split["sentences"][i], kind) if forms is not None else None
+            expr = parse(split["sentences"][i]) if forms is not None else None
+            form = ("NT-" if kind == "nt" else "") + expr.form if expr else None
             if form:
                 score = float(said_none) if kind == "nt" else 0.0 if said_none else \
                     inter / max(union, 1)
                 groups = [form]
                 if kind == "nt" and scenes is not None:
-                    groups.append("NT: " + no_target_kind(parse(split["sentences"][i]),
-                                                          scenes[i]))
+                    groups.append("NT: " + no_target_kind(expr, scenes[i]))
                 for group in groups:
                     record = forms.setdefault(group, {"iou": [], "select": [], "none": [],
                                                       "oracle": []})
@@ -141,11 +141,6 @@ def evaluate(model, tokenizer, split: dict, size: int, limit: int = 0,
             "topk": 100 * mean(topk), "p_next": mean(p_next),
             "p_max t": mean(p_max["t"]), "p_max nt": mean(p_max["nt"]),
             "z t": mean(z["t"]), "z nt": mean(z["nt"]), "z auc": roc_auc(z["nt"], z["t"])}
-
-
-def _form(sentence: str, kind: str) -> str:
-    """The synthetic grammar's form of a sentence ("relation", "NT-the", ...)."""
-    return ("NT-" if kind == "nt" else "") + parse(sentence).form
 
 
 def sentence_scenes(data: Path, split: str) -> list:
