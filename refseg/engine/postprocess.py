@@ -5,7 +5,7 @@ mask edge is placed at sub-pixel precision of the network's output. The resize w
 logits, as the mask losses read them (point sampling and the merged-mask loss interpolate
 logits) and as Mask2Former's inference resizes them: resizing probabilities instead moves
 the edges of small, weakly peaked masks outwards (about 4 points of gIoU for instalign-tiny
-on the synthetic benchmark, docs/instalign.md).
+on the synthetic benchmark, docs/instalign-tiny.md, fifth round).
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ def instalign_tiny() -> RunConfig:
     (``refseg synth``; the demo draws it at 64 px): swin_nano, a small random BERT over a word
     vocabulary built from the training sentences, 12 queries, 3 decoder blocks, 64 px.
 
-    Chosen for learning within minutes on a 2-core CPU (docs/instalign.md): everything is
+    Chosen for learning within minutes on a 2-core CPU (docs/instalign-tiny.md): everything is
     trained from scratch, so the backbone learns at the full rate; small batches (more
     updates per second); the merged-mask (BCE + dice) and no-target terms weighted 5 so that
     the outputs that are scored get a strong signal next to the ten instance terms, with the
@@ -173,7 +173,7 @@ def instalign_tiny() -> RunConfig:
         decoder_layers=3,
         decoder_heads=4,
         decoder_ffn_dim=128,
-        num_points=256,  # the 16 x 16 mask pixels at 64 px (docs/instalign.md, seventh round)
+        num_points=256,  # the 16 x 16 mask pixels at 64 px (docs/instalign-tiny.md, seventh round)
         class_weight=5.0,
         unmatched_weight=1.0,
         merged_weight=5.0,
