@@ -1,10 +1,13 @@
-"""Non-referent sample conversion (DeRIS NSC): filters, probability, determinism."""
+"""Non-referent sample conversion (DeRIS NSC): filters (with the synthetic benchmark's scene
+check), probability, determinism."""
 
 import math
 
 import pytest
 
+from refseg.data.load import load_split
 from refseg.data.nsc import NonReferentConversion, jaccard, text_similarity
+from refseg.data.synth import generate, scene_refers
 from refseg.data.types import Sample
 
 
@@ -57,6 +60,41 @@ def test_filter_similarity():
     assert nsc(sample(), index=0).sentence == "a red car on the left"
     nsc = NonReferentConversion(close + [(3, "man on a horse")], p=1.0)
     assert all(nsc(sample(), index=i).sentence == "man on a horse" for i in range(20))
+
+
+def test_filter_refers():
+    pool = [(2, "man on a horse"), (3, "woman holding an umbrella")]
+    asked = []
+
+    def refers(image_id, sentence):  # the sample's image holds a man on a horse
+        asked.append(image_id)
+        return sentence == "man on a horse"
+
+    nsc = NonReferentConversion(pool, p=1.0, refers=refers)
+    assert all(nsc(sample(), index=i).sentence == "woman holding an umbrella" for i in range(20))
+    assert set(asked) == {1}  # asked about the sample's own image, never the candidate's
+    nsc = NonReferentConversion(pool[:1], p=1.0, refers=refers)
+    assert all(nsc(sample(), index=i) == sample() for i in range(20))  # nothing passes
+
+
+def test_synthetic_scenes_keep_conversions_true(tmp_path):
+    """On the synthetic benchmark a converted sentence refers to nothing in its new image
+    with the scene check, and without it some conversions would be wrong."""
+    data = generate(tmp_path, images=60, size=64, seed=2)
+    split = load_split("grefcoco", data, "train", images=data / "images")
+    refers = scene_refers(data)
+    assert refers is not None and scene_refers(tmp_path / "elsewhere") is None
+    # it agrees with the annotations: an image's own sentences refer unless no-target
+    assert all(refers(s.image_id, s.sentence) != s.no_target for s in split.samples)
+    assert refers(10**6, split.samples[0].sentence) and refers(1, "a sentence of no grammar")
+    wrong = {}
+    for check in (None, refers):
+        nsc = NonReferentConversion.from_samples(split.samples, p=1.0, seed=5, refers=check)
+        converted = [nsc(s, index=i) for i, s in enumerate(split.samples) if not s.no_target]
+        converted = [c for c in converted if c.no_target]
+        assert len(converted) > 100
+        wrong[check is None] = sum(refers(c.image_id, c.sentence) for c in converted)
+    assert wrong[False] == 0 and wrong[True] > 10
 
 
 def test_converted_sample_fields():

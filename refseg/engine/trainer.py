@@ -273,9 +273,11 @@ class Trainer:
         if self.config.data.nsc_prob <= 0:
             return None
         from refseg.data.nsc import NonReferentConversion
+        from refseg.data.synth import scene_refers
 
         return NonReferentConversion.from_samples(
-            self.train_set.samples, p=self.config.data.nsc_prob, seed=self.config.train.seed
+            self.train_set.samples, p=self.config.data.nsc_prob, seed=self.config.train.seed,
+            refers=scene_refers(self.config.data.root),  # None unless the synthetic benchmark
         )
 
     def _restore(self, state: dict) -> None:

@@ -17,10 +17,11 @@ import io
 import json
 import random
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from refseg.data.synth.expressions import Sampler, Thing
+from refseg.data.synth.expressions import Sampler, Thing, parse, resolve
 from refseg.data.synth.layouts import (REFS_FILES, SPLITS, ImageRecord, annotations,
                                        instances, ref_records, split_of, write_refs)
 from refseg.data.synth.refs import ShareKeeper, plan_classic, plan_generalized
@@ -29,7 +30,8 @@ from refseg.data.types import FORMATS
 from refseg.errors import ConfigError
 from refseg.io.atomic import write_bytes, write_json
 
-__all__ = ["generate", "assign_splits", "read_scenes", "REFS_FILES", "SCENES_FILE"]
+__all__ = ["generate", "assign_splits", "read_scenes", "scene_refers", "REFS_FILES",
+           "SCENES_FILE"]
 
 SCENES_FILE = "synth_scenes.json"
 # Image share per split slot; testA holds crowded scenes, testB sparse ones.
@@ -160,3 +162,25 @@ def read_scenes(out: str | Path) -> dict[int, dict[int, Thing]]:
     return {scene["image_id"]: {o["ann_id"]: Thing(o["shape"], o["color"], o["size"], *o["center"])
                                 for o in scene["objects"]}
             for scene in meta["scenes"]}
+
+
+def scene_refers(out: str | Path) -> Callable[[int, str], bool] | None:
+    """For a benchmark `generate` wrote in ``out``: ``refers(image_id, sentence)``, False
+    only when the sentence refers to nothing in that image (an ambiguous sentence, one
+    outside the grammar or an unknown image count as referring). None when ``out`` holds
+    no scene file (any other dataset). NSC's fourth filter (`refseg.data.nsc`)."""
+    if not (Path(out) / SCENES_FILE).is_file():
+        return None
+    side = json.loads((Path(out) / SCENES_FILE).read_text())["size"]
+    scenes = {image_id: list(things.values()) for image_id, things in read_scenes(out).items()}
+
+    def refers(image_id: int, sentence: str) -> bool:
+        if image_id not in scenes:
+            return True
+        try:
+            expr = parse(sentence)
+        except ValueError:
+            return True
+        return resolve(expr, scenes[image_id], side) != frozenset()
+
+    return refers
