@@ -24,7 +24,6 @@ the architecture alone gives.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from instalign_tiny_learning import load_split_tensors, make_batch, sentence_scenes
 
 import refseg
-from refseg.data.synth import SCENES_FILE
+from refseg.data.synth import scene_size
 from refseg.data.synth.expressions import parse
 from refseg.data.synth.scenes import COLORS, SHAPES
 
@@ -54,7 +53,7 @@ def collect(model, tokenizer, data: Path, cache: Path, split: str, side: int, li
         lambda module, args, out: captured.__setitem__("mask_features", out.mask_features))
     tensors = load_split_tensors(data, split, side, cache)
     scenes = sentence_scenes(data, split)
-    scale = side / json.loads((data / SCENES_FILE).read_text())["size"]  # scene px -> input px
+    scale = side / scene_size(data)  # scene pixels -> input pixels
     chosen = [i for i, s in enumerate(tensors["sentences"])
               if not tensors["no_target"][i] and unnamed(s)][:limit]
     feats, labels = {"pixel": [], "query": []}, {k: [] for k in ATTRIBUTES}
@@ -84,6 +83,7 @@ def probe(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, test: torch.Ten
           classes: int) -> float:
     """Test accuracy of a logistic regression fitted on ``train`` rows of x (N, D)."""
     x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
+    torch.manual_seed(0)  # the same initial probe on every run
     linear = torch.nn.Linear(x.shape[1], classes)
     optimizer = torch.optim.Adam(linear.parameters(), lr=1e-2, weight_decay=1e-4)
     for _ in range(500):

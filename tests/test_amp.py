@@ -7,15 +7,13 @@ bf16 cost matrix handed to scipy) without a GPU.
 """
 
 import pytest
-import test_deris_model as deris
-import test_instalign_model as instalign
 import torch
 from test_instalign_model import one_thread  # noqa: F401  (autouse: tiny tensors, one thread)
+from tiny_methods import METHODS, bad_gradients, built
 
 from refseg.engine.postprocess import to_result
 from refseg.modeling.base import Thresholds
 
-METHODS = {"instalign": instalign, "deris": deris}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -28,27 +26,21 @@ def losses_of(model, batch, dtype) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("amp", sorted(DTYPES))
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_autocast_trains_like_fp32(name, amp):
-    module = METHODS[name]
-    model, tok = module.build()
-    batch = module.make_batch(tok)  # one, many, none and two targets
+    model, _, batch = built(name)
     reference = losses_of(model, batch, None)
     losses = losses_of(model, batch, DTYPES[amp])
     assert losses["loss"].dtype == torch.float32
     # same sampled points; bf16 keeps 8 bits of mantissa, fp16 11 (measured: <= 0.11 %)
     assert losses["loss"].item() == pytest.approx(reference["loss"].item(), rel=0.01)
     losses["loss"].backward()
-    bad = [n for n, p in model.named_parameters()
-           if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    bad = bad_gradients(model)
     assert not bad, bad
 
 
 @pytest.mark.parametrize("amp", sorted(DTYPES))
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_autocast_decisions_reach_the_image(name, amp):
-    module = METHODS[name]
-    model, tok = module.build()
-    model.eval()
-    batch = module.make_batch(tok)
+    model, _, batch = built(name, train=False)
     with torch.no_grad(), torch.autocast("cpu", dtype=DTYPES[amp]):
         decisions = model.decide(model.infer(model(batch)), Thresholds(instance=0.0))
     for decision in decisions:

@@ -15,10 +15,9 @@ import copy
 
 import numpy as np
 import pytest
-import test_deris_model as deris
-import test_instalign_model as instalign
 import torch
 from PIL import Image
+from tiny_methods import METHODS, bad_gradients, built
 
 from refseg.config import apply_overrides
 from refseg.data.synth import generate
@@ -30,7 +29,6 @@ from refseg.predictor import load
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-METHODS = {"instalign": instalign, "deris": deris}
 CUDA = torch.device("cuda")
 
 
@@ -66,10 +64,7 @@ def test_ms_deform_attn_on_gpu_equals_cpu():
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_inference_on_gpu_equals_cpu(name, exact_fp32):
-    module = METHODS[name]
-    model, tok = module.build()
-    model.eval()
-    batch = module.make_batch(tok)
+    model, _, batch = built(name, train=False)
     gpu_model = copy.deepcopy(model).to(CUDA)
     with torch.no_grad():
         on_cpu = model.infer(model(batch))
@@ -84,10 +79,9 @@ def test_inference_on_gpu_equals_cpu(name, exact_fp32):
 def test_gpu_training_step_under_autocast(name, amp):
     """The trainer's autocast on CUDA: a finite fp32 loss close to the fp32 one (the same
     sampled points), finite gradients on the GPU for every trained parameter."""
-    module = METHODS[name]
-    model, tok = module.build()
+    model, _, batch = built(name)
     model.to(CUDA)
-    batch = module.make_batch(tok).to(CUDA)
+    batch = batch.to(CUDA)
 
     def losses(mode):
         torch.manual_seed(0)  # seeds CUDA too: the same points in every call
@@ -99,8 +93,7 @@ def test_gpu_training_step_under_autocast(name, amp):
     assert loss.item() == pytest.approx(reference.item(), rel=0.02)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     scaler.scale(loss).backward()
-    bad = [n for n, p in model.named_parameters() if p.requires_grad and (
-        p.grad is None or p.grad.device.type != "cuda" or not torch.isfinite(p.grad).all())]
+    bad = bad_gradients(model, device_type="cuda")
     assert not bad, bad
 
 

@@ -30,8 +30,8 @@ from refseg.data.types import FORMATS
 from refseg.errors import ConfigError
 from refseg.io.atomic import write_bytes, write_json
 
-__all__ = ["generate", "assign_splits", "read_scenes", "scene_refers", "REFS_FILES",
-           "SCENES_FILE"]
+__all__ = ["generate", "assign_splits", "read_scenes", "scene_refers", "scene_size",
+           "REFS_FILES", "SCENES_FILE"]
 
 SCENES_FILE = "synth_scenes.json"
 # Image share per split slot; testA holds crowded scenes, testB sparse ones.
@@ -158,7 +158,19 @@ def _scenes_file(layout, images, size, seed, records) -> dict:
 
 def read_scenes(out: str | Path) -> dict[int, dict[int, Thing]]:
     """The scene description `generate` left in ``out``: image id -> ann id -> `Thing`."""
-    meta = json.loads((Path(out) / SCENES_FILE).read_text())
+    return _things(_scene_meta(out))
+
+
+def scene_size(out: str | Path) -> int:
+    """The side in pixels of the images `generate` drew into ``out`` (scene coordinates)."""
+    return _scene_meta(out)["size"]
+
+
+def _scene_meta(out: str | Path) -> dict:
+    return json.loads((Path(out) / SCENES_FILE).read_text())
+
+
+def _things(meta: dict) -> dict[int, dict[int, Thing]]:
     return {scene["image_id"]: {o["ann_id"]: Thing(o["shape"], o["color"], o["size"], *o["center"])
                                 for o in scene["objects"]}
             for scene in meta["scenes"]}
@@ -171,8 +183,9 @@ def scene_refers(out: str | Path) -> Callable[[int, str], bool] | None:
     no scene file (any other dataset). NSC's fourth filter (`refseg.data.nsc`)."""
     if not (Path(out) / SCENES_FILE).is_file():
         return None
-    side = json.loads((Path(out) / SCENES_FILE).read_text())["size"]
-    scenes = {image_id: list(things.values()) for image_id, things in read_scenes(out).items()}
+    meta = _scene_meta(out)
+    side = meta["size"]
+    scenes = {image_id: list(things.values()) for image_id, things in _things(meta).items()}
 
     def refers(image_id: int, sentence: str) -> bool:
         if image_id not in scenes:
