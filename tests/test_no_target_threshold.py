@@ -1,0 +1,55 @@
+"""benchmarks/no_target_threshold.py: re-deciding saved predictions at a no-target threshold
+gives the metrics counted by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refseg.data.load import load_split
+from refseg.data.masks import mask_to_rle
+from refseg.data.synth import generate
+from refseg.data.types import Prediction
+from refseg.engine.evaluate import score
+
+
+def _script():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "no_target_threshold.py"
+    spec = importlib.util.spec_from_file_location("no_target_threshold", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_threshold_redecides_saved_scores(tmp_path):
+    """Exact masks on target sentences, the whole image on no-target ones; scores 0.9 on
+    no-target sentences, 0.1 on targets but one at 0.6."""
+    data = generate(tmp_path / "synth", images=16, size=64, seed=2)
+    dataset = load_split("grefcoco", data, "train", images=data / "images")
+    wrong = next(s for s in dataset.samples if not s.no_target)
+    predictions = []
+    for s in dataset.samples:
+        info = dataset.image_info(s)
+        mask = (np.ones((info.height, info.width), bool) if s.no_target
+                else dataset.instance_masks(s).any(0))
+        score_ = 0.9 if s.no_target else 0.6 if s is wrong else 0.1
+        predictions.append(Prediction(s.sent_id, mask_to_rle(mask), False,
+                                      no_target_score=score_))
+    n_none = sum(s.no_target for s in dataset.samples)
+    n_target = len(dataset.samples) - n_none
+    assert n_none > 0 and n_target > 1
+    at = _script().at_threshold
+
+    kept = at(predictions, 0.95)  # nothing passes: every prediction as it was
+    assert kept == predictions
+    metrics = score(dataset, kept)
+    assert metrics["N-acc"] == 0.0 and metrics["T-acc"] == 100.0
+    assert metrics["gIoU"] == pytest.approx(100.0 * n_target / len(dataset.samples))
+
+    metrics = score(dataset, at(predictions, 0.5))  # the no-target ones and `wrong` flip
+    assert metrics["N-acc"] == 100.0
+    assert metrics["T-acc"] == pytest.approx(100.0 * (n_target - 1) / n_target)
+    assert metrics["gIoU"] == pytest.approx(100.0 * (len(dataset.samples) - 1) / len(dataset.samples))
