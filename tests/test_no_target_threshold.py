@@ -3,25 +3,15 @@ gives the metrics counted by hand."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmark_scripts import load_script
 
 from refseg.data.load import load_split
 from refseg.data.masks import mask_to_rle
 from refseg.data.synth import generate
 from refseg.data.types import Prediction
 from refseg.engine.evaluate import score
-
-
-def _script():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "no_target_threshold.py"
-    spec = importlib.util.spec_from_file_location("no_target_threshold", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_threshold_redecides_saved_scores(tmp_path):
@@ -41,7 +31,7 @@ def test_threshold_redecides_saved_scores(tmp_path):
     n_none = sum(s.no_target for s in dataset.samples)
     n_target = len(dataset.samples) - n_none
     assert n_none > 0 and n_target > 1
-    at = _script().at_threshold
+    at = load_script("no_target_threshold").at_threshold
 
     kept = at(predictions, 0.95)  # nothing passes: every prediction as it was
     assert kept == predictions

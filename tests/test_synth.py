@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_script
 
 from refseg.cli import main
 from refseg.data.load import load_split
@@ -359,16 +360,6 @@ def test_cli_round_trip(tmp_path, capsys):
                  "--images", str(out / "images")]) == 0
 
 
-def _no_target_kinds_script():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "no_target_kinds.py"
-    spec = importlib.util.spec_from_file_location("no_target_kinds", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_no_target_kinds_benchmark_counts_saved_decisions(bench, tmp_path):
     from refseg.data.types import Prediction
     from refseg.io.predictions import write_predictions
@@ -376,7 +367,7 @@ def test_no_target_kinds_benchmark_counts_saved_decisions(bench, tmp_path):
     out = bench["grefcoco"]
     samples = load_split("grefcoco", out, "val", images=out / "images").samples
     empty = {"size": [96, 96], "counts": "PP9"}  # COCO RLE of an empty 96 x 96 mask
-    script = _no_target_kinds_script()
+    script = load_script("no_target_kinds")
     for said_none in (True, False):
         preds = tmp_path / f"{said_none}.jsonl"
         write_predictions(preds, [Prediction(s.sent_id, empty, said_none and s.no_target)
