@@ -48,10 +48,16 @@ def undecided_predictions(predictor, dataset) -> list[Prediction]:
                                 image_size=predictor.image_size, thresholds=thresholds,
                                 ctx=distributed.DistContext(device=predictor.device),
                                 batch_size=16)
+    require_undecided(predictions)
+    return predictions
+
+
+def require_undecided(predictions: list[Prediction]) -> None:
+    """Exit with a message when a prediction says no target with the threshold at 1: the
+    model decides otherwise than by `thresholds.no_target` (DeRIS), so no sweep applies."""
     if any(p.no_target for p in predictions):
         raise SystemExit("this model decides no-target otherwise than by thresholds.no_target "
                          "(DeRIS: sweep the instance threshold with benchmarks/deris_tiny.py)")
-    return predictions
 
 
 def main() -> None:

@@ -43,3 +43,14 @@ def test_threshold_redecides_saved_scores(tmp_path):
     assert metrics["N-acc"] == 100.0
     assert metrics["T-acc"] == pytest.approx(100.0 * (n_target - 1) / n_target)
     assert metrics["gIoU"] == pytest.approx(100.0 * (len(dataset.samples) - 1) / len(dataset.samples))
+
+
+def test_a_model_deciding_otherwise_is_refused():
+    """A no-target decision with the threshold at 1 (DeRIS: no instance kept) stops the sweep
+    with a message naming the way to sweep such a model."""
+    check = load_script("no_target_threshold").require_undecided
+    empty = {"size": [4, 4], "counts": "04"}
+    check([Prediction(1, empty, False, no_target_score=0.9)])  # passes
+    with pytest.raises(SystemExit, match="deris_tiny.py"):
+        check([Prediction(1, empty, False, no_target_score=0.1),
+               Prediction(2, empty, True, no_target_score=0.2)])
