@@ -2,12 +2,14 @@
 for a few minutes on CPU and compare with the same network that never sees the sentence.
 
     .venv/bin/python benchmarks/synth_learnability.py [--images 1000] [--steps 800] \
-        [--data DIR] [--no-coords]
+        [--data DIR] [--no-coords] [--no-target-head] [--save-predictions FILE]
 
 Prints gIoU / cIoU / no-target accuracy on val for: the text-conditioned net, the
 image-only net (sentence replaced by a constant), two trivial baselines (predict nothing;
 predict every object), and the gIoU bound of any answer that ignores the sentence. Both
-nets see the same images, steps and schedule.
+nets see the same images, steps and schedule. ``--save-predictions`` writes the
+sentence-conditioned net's val answers as a refseg predictions file, for `refseg score`
+and `benchmarks/no_target_kinds.py`.
 
 Legend: B batch, L words, C channels, S input side.
 """
@@ -28,9 +30,11 @@ from PIL import Image
 from torch import nn
 
 from refseg.data.load import load_split
-from refseg.data.masks import decode_rles
+from refseg.data.masks import decode_rles, mask_to_rle
 from refseg.data.synth import generate
 from refseg.data.text import words
+from refseg.data.types import Prediction
+from refseg.io.predictions import write_predictions
 
 
 def tensors(ds, vocab: dict[str, int], side: int, max_words: int):
@@ -54,9 +58,15 @@ def tensors(ds, vocab: dict[str, int], side: int, max_words: int):
 
 
 class FilmNet(nn.Module):
-    """Conv encoder with coordinate channels, FiLM by a GRU sentence code at each stage."""
+    """Conv encoder with coordinate channels, FiLM by a GRU sentence code at each stage.
 
-    def __init__(self, vocab: int, channels: int = 48, text: int = 64, coords: bool = True):
+    Without a no-target head, a sentence is answered "no target" by an empty mask; with
+    one (``no_target_head``), by a logit read off the last features, average- and
+    max-pooled, and the sentence code.
+    """
+
+    def __init__(self, vocab: int, channels: int = 48, text: int = 64, coords: bool = True,
+                 no_target_head: bool = False):
         super().__init__()
         self.coords = coords  # False: the coordinate channels are zeros (an ablation)
         self.embed = nn.Embedding(vocab + 1, text, padding_idx=0)
@@ -69,8 +79,11 @@ class FilmNet(nn.Module):
         self.films = nn.ModuleList([nn.Linear(2 * text, 2 * c) for _ in self.stages])
         self.norms = nn.ModuleList([nn.GroupNorm(8, c) for _ in self.stages])
         self.head = nn.Conv2d(c, 1, 1)
+        self.no_target = nn.Sequential(nn.Linear(2 * c + 2 * text, c), nn.ReLU(),
+                                       nn.Linear(c, 1)) if no_target_head else None
 
-    def forward(self, images, ids):  # (B, 3, S, S), (B, L) -> (B, S, S) logits
+    def forward(self, images, ids):
+        """(B, 3, S, S), (B, L) -> mask logits (B, S, S), no-target logits (B,) or None."""
         out, _ = self.gru(self.embed(ids))  # (B, L, 2T)
         keep = (ids != 0).float()[..., None]
         sentence = (out * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, 2T)
@@ -79,8 +92,11 @@ class FilmNet(nn.Module):
             x = norm(conv(_with_coords(x, self.coords)))
             gamma, beta = film(sentence).chunk(2, dim=1)
             x = F.relu(x * (1 + gamma[..., None, None]) + beta[..., None, None])
-        logits = self.head(x)
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear")[:, 0]
+        logits = F.interpolate(self.head(x), size=images.shape[-2:], mode="bilinear")[:, 0]
+        if self.no_target is None:
+            return logits, None
+        pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3)), sentence], dim=1)  # (B, 2C+2T)
+        return logits, self.no_target(pooled)[:, 0]
 
 
 def _with_coords(x, coords: bool = True):
@@ -92,27 +108,34 @@ def _with_coords(x, coords: bool = True):
     return torch.cat([x, xs, ys], dim=1)
 
 
-def scores(pred: torch.Tensor, gt: torch.Tensor, empty: torch.Tensor) -> dict[str, float]:
-    """gIoU (no-target: 1 if the prediction is empty), cIoU, no-target accuracy."""
+def scores(pred: torch.Tensor, gt: torch.Tensor, empty: torch.Tensor,
+           no_target: torch.Tensor | None = None) -> dict[str, float]:
+    """gIoU, cIoU, N-acc and T-acc as `refseg score` counts them (a no-target sentence
+    scores 1 when answered no-target). ``no_target`` (N,) bool is the explicit decision;
+    None: "the mask is empty"."""
     p, g = pred.flatten(1), gt.flatten(1).bool()
+    said_none = ~p.any(1) if no_target is None else no_target
+    p = p & ~said_none[:, None]
     inter, union = (p & g).sum(1).float(), (p | g).sum(1).float()
-    pred_empty = ~p.any(1)
-    per = torch.where(empty.bool(), pred_empty.float(), inter / union.clamp(min=1))
     nt = empty.bool()
+    per = torch.where(nt, said_none.float(), inter / union.clamp(min=1))
     return {"gIoU": per.mean().item(), "cIoU": (inter.sum() / union.sum()).item(),
-            "N-acc": pred_empty[nt].float().mean().item() if nt.any() else float("nan")}
+            "N-acc": said_none[nt].float().mean().item() if nt.any() else float("nan"),
+            "T-acc": (~said_none[~nt]).float().mean().item() if (~nt).any() else float("nan")}
 
 
 def train(net, data, *, steps: int, text: bool, batch: int = 32, val=None):
     """AdamW on BCE + Dice for ``steps`` steps; val scores every quarter. Returns seconds."""
-    imgs, ids, masks, _ = data
+    imgs, ids, masks, empty = data
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     start, g = time.time(), torch.Generator().manual_seed(0)
     for step in range(1, steps + 1):
         idx = torch.randint(len(imgs), (batch,), generator=g)
         words_in = ids[idx] if text else torch.ones_like(ids[idx][:, :1])
-        logits = net(imgs[idx], words_in)
+        logits, no_target = net(imgs[idx], words_in)
         loss = F.binary_cross_entropy_with_logits(logits, masks[idx]) + _dice(logits, masks[idx])
+        if no_target is not None:
+            loss = loss + F.binary_cross_entropy_with_logits(no_target, empty[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -134,15 +157,47 @@ def _dice(logits, gt):
 
 
 @torch.no_grad()
+def answers(net, images, ids, *, text: bool):
+    """Masks (N, S, S) bool and no-target decisions (N,) bool, the latter from the
+    no-target head when the net has one, else "the mask is empty"; and the no-target
+    probability (N,) when the net has a head, else None."""
+    net.eval()
+    masks, heads = [], []
+    for i in range(0, len(images), 128):
+        words_in = ids[i:i + 128] if text else torch.ones_like(ids[i:i + 128][:, :1])
+        logits, no_target = net(images[i:i + 128], words_in)
+        masks.append(logits > 0)
+        heads.append(no_target)
+    net.train()
+    masks = torch.cat(masks)
+    if heads[0] is None:
+        return masks, ~masks.flatten(1).any(1), None
+    prob = torch.cat(heads).sigmoid()
+    return masks, prob > 0.5, prob
+
+
 def evaluate(net, data, *, text: bool):
     imgs, ids, masks, empty = data
-    net.eval()
-    preds = []
-    for i in range(0, len(imgs), 128):
-        words_in = ids[i:i + 128] if text else torch.ones_like(ids[i:i + 128][:, :1])
-        preds.append(net(imgs[i:i + 128], words_in) > 0)
-    net.train()
-    return scores(torch.cat(preds), masks, empty)
+    pred, no_target, _ = answers(net, imgs, ids, text=text)
+    return scores(pred, masks, empty, no_target)
+
+
+def save_predictions(path: Path, net, data, ds) -> None:
+    """The net's answers to ``ds``'s sentences as a refseg predictions file, masks resized
+    (nearest) to each image's original size."""
+    imgs, ids, _, _ = data
+    pred, no_target, prob = answers(net, imgs, ids, text=True)
+    out = []
+    for k, sample in enumerate(ds.samples):
+        info = ds.image_info(sample)
+        mask = np.zeros((info.height, info.width), bool)
+        if not no_target[k]:
+            image = Image.fromarray(pred[k].numpy().astype(np.uint8) * 255)
+            mask = np.asarray(image.resize((info.width, info.height), Image.NEAREST)) > 127
+        score = None if prob is None else float(prob[k])
+        out.append(Prediction(sample.sent_id, mask_to_rle(mask), bool(no_target[k]),
+                              no_target_score=score))
+    write_predictions(path, out)
 
 
 def image_only_oracle(ds) -> float:
@@ -182,6 +237,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path,
                         help="an existing `refseg synth` folder instead of a fresh one")
     parser.add_argument("--no-coords", action="store_true", help="zero the coordinate channels")
+    parser.add_argument("--no-target-head", action="store_true",
+                        help="decide no-target with a head of its own, not by an empty mask")
+    parser.add_argument("--save-predictions", type=Path, metavar="FILE",
+                        help="write the sentence-conditioned net's val predictions here")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -207,11 +266,14 @@ def main() -> None:
     print(f"{'image-only oracle bound':28s} gIoU {oracle:6.3f}")
     for text in [t for t in (True, False) if args.only in (None, "text" if t else "image")]:
         torch.manual_seed(0)
-        net = FilmNet(len(vocab), coords=not args.no_coords)
+        net = FilmNet(len(vocab), coords=not args.no_coords, no_target_head=args.no_target_head)
         seconds = train(net, train_data, steps=args.steps, text=text, val=val_data)
         name = "sentence-conditioned CNN" if text else "image-only CNN"
         print(f"{name:28s}", _fmt(evaluate(net, val_data, text=text)),
               f"({args.steps} steps, {seconds:.0f} s)")
+        if text and args.save_predictions:
+            save_predictions(args.save_predictions, net, val_data, val)
+            print(f"val predictions written to {args.save_predictions}")
 
 
 def _fmt(s: dict[str, float]) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from benchmark_scripts import load_script
 
 from refseg.cli import main
@@ -397,3 +398,43 @@ def test_no_target_kinds_benchmark_counts_saved_decisions(bench, tmp_path):
                                 if s is not first])
     with pytest.raises(SystemExit, match=f"no prediction for sent_id {first.sent_id}"):
         script.no_target_rows(out, missing, "val")
+
+
+def test_film_reference_scores_as_refseg_score(bench, tmp_path):
+    """The FiLM reference's own figures equal `refseg score` on the predictions it saves,
+    with its no-target head deciding (some sentences said none, some not)."""
+    script = load_script("synth_learnability")
+    out = bench["grefcoco"]
+    vocab: dict[str, int] = {}
+    val = load_split("grefcoco", out, "val", images=out / "images")
+    data = script.tensors(val, vocab, 96, 16)
+    torch.manual_seed(0)
+    net = script.FilmNet(len(vocab), no_target_head=True)
+    _, said_none, _ = script.answers(net, data[0], data[1], text=True)
+    assert 0 < int(said_none.sum()) < len(said_none)
+    preds, metrics = tmp_path / "film.jsonl", tmp_path / "metrics.json"
+    script.save_predictions(preds, net, data, val)
+    assert main(["score", "--format", "grefcoco", "--data", str(out), "--split", "val",
+                 "--predictions", str(preds), "--out", str(metrics)]) == 0
+    scored = json.loads(metrics.read_text())
+    own = script.evaluate(net, data, text=True)
+    for key in ("gIoU", "cIoU", "N-acc", "T-acc"):
+        assert 100 * own[key] == pytest.approx(scored[key], abs=1e-4)
+
+
+def test_film_reference_scores_hand_count():
+    script = load_script("synth_learnability")
+    gt = torch.zeros(3, 2, 2)
+    gt[0, 0] = 1  # target: 2 pixels; the prediction covers 1 of them and 1 more
+    gt[1, :, 0] = 1  # target, answered no-target by the head
+    pred = torch.zeros(3, 2, 2, dtype=torch.bool)
+    pred[0, 0, 0] = pred[0, 1, 1] = True
+    pred[1] = True  # ignored: said none
+    empty = torch.tensor([0.0, 0.0, 1.0])  # the third sentence has no target
+    got = script.scores(pred, gt, empty, torch.tensor([False, True, True]))
+    assert got == pytest.approx({"gIoU": (1 / 3 + 0 + 1) / 3, "cIoU": 1 / (3 + 2),
+                                 "N-acc": 1.0, "T-acc": 0.5})
+    # without a head, an empty mask is the no-target answer
+    got = script.scores(pred, gt, empty)
+    assert got == pytest.approx({"gIoU": (1 / 3 + 2 / 4 + 1) / 3, "cIoU": 3 / 7,
+                                 "N-acc": 1.0, "T-acc": 1.0})
