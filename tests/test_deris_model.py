@@ -135,6 +135,7 @@ def test_matched_query_is_the_one_covering_the_target():
     "model.share_cognition=true",
     "model.existence_source=image",
     "model.existence_source=cls",
+    "model.existence_source=query",
     "model.num_queries=3",
     "model.deep_supervision=false",
     "model.position_role=content",
@@ -151,11 +152,11 @@ def test_every_ablation_switch_runs_forward_and_backward(override):
     assert torch.isfinite(losses["loss"])
     losses["loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
-    if override.startswith("model.existence_source="):
-        # only the query source reads the queries of the last round's fusion
-        last = f"decoder.query_fusion.{model.config.rounds}."
-        missing = [n for n in missing if not n.startswith(last)]
     assert not missing, missing
+    if override.startswith("model.existence_source="):
+        # only the query source reads the last round's fused queries; others lack that fusion
+        query = model.config.existence_source == "query"
+        assert len(model.decoder.query_fusion) == model.config.rounds + query
     if override == "model.share_cognition=true":
         assert len(model.decoder.cognition_layers) == 1
     if override.startswith("model.synergy="):
@@ -248,7 +249,7 @@ def test_infer_and_decide_on_the_model():
 
 
 def test_existence_at_test_scales_the_scores():
-    model, tok = build()
+    model, tok = build("model.existence_at_test=false")
     model.eval()
     with torch.no_grad():
         outputs = model(make_batch(tok))

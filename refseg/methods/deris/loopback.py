@@ -55,6 +55,10 @@ class LoopbackDecoder(MaskedAttentionDecoder):
         synergy: ``loopback`` | ``p2c`` | ``c2p`` (see the module doc).
         share_cognition: one cognition layer (and fusion) for every round instead of one
             per round (Supp. Table 10).
+        fuse_last: whether the last round fuses its two query streams too. Only the
+            paper's query-based existence head reads the result; with another existence
+            source the last fusion is not built and the last round returns its perception
+            queries, so that no parameter is left without a gradient.
         cognition_heads, cognition_ffn_dim: sizes of the cognition layers.
         pool_stride, pool_norm, position_role: of the mask-pooled position embedding
             (see `CognitionLayer`).
@@ -62,7 +66,7 @@ class LoopbackDecoder(MaskedAttentionDecoder):
     """
 
     def __init__(self, *, synergy: str = "loopback", share_cognition: bool = False,
-                 cognition_heads: int = 8, cognition_ffn_dim: int = 2048, pool_stride: int = 4,
+                 fuse_last: bool = True, cognition_heads: int = 8, cognition_ffn_dim: int = 2048, pool_stride: int = 4,
                  pool_norm: str = "image", position_role: str = "key",
                  hidden_dim: int = 256, num_layers: int = 3, **kwargs):
         super().__init__(hidden_dim=hidden_dim, num_layers=num_layers, **kwargs)
@@ -79,9 +83,9 @@ class LoopbackDecoder(MaskedAttentionDecoder):
             for _ in range(count)
         )
         # C1 only exists where both query streams are fused (no parameters left unused).
-        self.query_fusion = nn.ModuleList(
-            QueryFusion(d_model=hidden_dim) for _ in range(count if synergy == "loopback" else 0)
-        )
+        fusions = 0 if synergy != "loopback" else count if share_cognition or fuse_last \
+            else num_layers
+        self.query_fusion = nn.ModuleList(QueryFusion(d_model=hidden_dim) for _ in range(fusions))
         self.refer_classifier = ReferClassifier(d_model=hidden_dim)
 
     def _round(self, stage: int) -> int:
@@ -97,7 +101,7 @@ class LoopbackDecoder(MaskedAttentionDecoder):
         )
         context.refer_logits.append(self.refer_classifier(cognition))
         context.cognition_queries.append(cognition)
-        if self.synergy == "loopback":
+        if self.synergy == "loopback" and r < len(self.query_fusion):
             return self.query_fusion[r](related, cognition)
         if self.synergy == "c2p":
             return cognition

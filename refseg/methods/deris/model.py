@@ -271,6 +271,7 @@ def build_deris(cfg: DerisConfig, tokenizer, *, pretrained: bool = True) -> Deri
     )
     decoder = LoopbackDecoder(
         synergy=cfg.synergy, share_cognition=cfg.share_cognition,
+        fuse_last=cfg.existence_source == "query",
         cognition_heads=cfg.cognition_layer_heads, cognition_ffn_dim=cfg.cognition_layer_ffn_dim,
         pool_stride=cfg.mask_pool_stride, pool_norm=cfg.mask_pool_norm,
         position_role=cfg.position_role, in_channels=cfg.hidden_dim, hidden_dim=cfg.hidden_dim,
