@@ -232,7 +232,7 @@ def deris_tiny() -> RunConfig:
         adam_betas=(0.9, 0.999),
         adam_eps=1e-8,
         amsgrad=False,
-        thresholds=Thresholds(instance=0.5),  # on refer x existence; chosen on testA (benchmarks.md)
+        thresholds=Thresholds(instance=0.5),  # on refer x existence, chosen on testA
     )
     return RunConfig(
         method="deris",

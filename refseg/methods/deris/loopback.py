@@ -66,7 +66,8 @@ class LoopbackDecoder(MaskedAttentionDecoder):
     """
 
     def __init__(self, *, synergy: str = "loopback", share_cognition: bool = False,
-                 fuse_last: bool = True, cognition_heads: int = 8, cognition_ffn_dim: int = 2048, pool_stride: int = 4,
+                 fuse_last: bool = True, cognition_heads: int = 8,
+                 cognition_ffn_dim: int = 2048, pool_stride: int = 4,
                  pool_norm: str = "image", position_role: str = "key",
                  hidden_dim: int = 256, num_layers: int = 3, **kwargs):
         super().__init__(hidden_dim=hidden_dim, num_layers=num_layers, **kwargs)
@@ -83,8 +84,9 @@ class LoopbackDecoder(MaskedAttentionDecoder):
             for _ in range(count)
         )
         # C1 only exists where both query streams are fused (no parameters left unused).
-        fusions = 0 if synergy != "loopback" else count if share_cognition or fuse_last \
-            else num_layers
+        fusions = count if synergy == "loopback" else 0
+        if fusions and not (share_cognition or fuse_last):
+            fusions = num_layers  # every round but the last
         self.query_fusion = nn.ModuleList(QueryFusion(d_model=hidden_dim) for _ in range(fusions))
         self.refer_classifier = ReferClassifier(d_model=hidden_dim)
 
