@@ -152,3 +152,22 @@ def test_point_losses_with_no_matched_mask():
     assert pred.grad.shape == (0, 8, 8)
     with pytest.raises(ValueError, match="2 predictions for 1 targets"):
         point_mask_losses(torch.zeros(2, 4, 4), torch.zeros(1, 4, 4), num_masks=1)
+
+
+def test_half_precision_logits_are_sampled_at_float32_points():
+    # Under bf16 autocast the mask logits are bf16; Mask2Former still draws and reads its
+    # points in float32 (bf16 would round them to steps of 1/256 between 0.5 and 1).
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 30, 30).to(torch.bfloat16)
+    coords = get_uncertain_point_coords_with_randomness(logits, calculate_uncertainty, 4000)
+    assert coords.dtype == torch.float32
+    assert torch.unique(coords[..., 0]).numel() > 0.99 * coords[..., 0].numel()
+    values = point_sample(logits, coords)
+    assert values.dtype == torch.float32
+    torch.testing.assert_close(values, point_sample(logits.float(), coords))
+    pred = logits[:, 0].clone().requires_grad_(True)
+    ce, dice = point_mask_losses(pred, (torch.rand(2, 60, 60) > 0.5).float(), num_masks=2,
+                                 num_points=500)
+    assert ce.dtype == dice.dtype == torch.float32
+    (ce + dice).backward()
+    assert pred.grad.dtype == torch.bfloat16 and torch.isfinite(pred.grad.float()).all()

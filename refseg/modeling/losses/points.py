@@ -26,13 +26,16 @@ def point_sample(maps: torch.Tensor, coords: torch.Tensor, align_corners: bool =
         coords: (N, P, 2) points, or (N, Hg, Wg, 2) grids, (x, y) in [0, 1].
 
     Returns:
-        (N, C, P) values, or (N, C, Hg, Wg) for grids; zero outside the map.
+        (N, C, P) values, or (N, C, Hg, Wg) for grids; zero outside the map. Computed in
+        the wider of the two dtypes, as CUDA autocast runs ``grid_sample``: bf16 / fp16
+        maps are read at their float32 coordinates, not at coordinates rounded to 8 bits.
     """
     flat = coords.dim() == 3
-    grid = 2.0 * coords - 1.0
+    dtype = torch.promote_types(maps.dtype, coords.dtype)
+    grid = 2.0 * coords.to(dtype) - 1.0
     if flat:
         grid = grid.unsqueeze(2)
-    out = F.grid_sample(maps, grid.to(maps.dtype), mode="bilinear", padding_mode="zeros",
+    out = F.grid_sample(maps.to(dtype), grid, mode="bilinear", padding_mode="zeros",
                         align_corners=align_corners)
     return out.squeeze(3) if flat else out
 
@@ -63,14 +66,15 @@ def get_uncertain_point_coords_with_randomness(
         importance_sample_ratio: in [0, 1].
 
     Returns:
-        (N, P, 2) point coordinates in [0, 1].
+        (N, P, 2) point coordinates in [0, 1], float32 (or float64) whatever the logits'
+        dtype: in bf16 they would snap to a grid of 1/256 between 0.5 and 1.
     """
     if oversample_ratio < 1 or not 0 <= importance_sample_ratio <= 1:
         raise ValueError(f"point sampling: oversample_ratio {oversample_ratio} must be >= 1 and "
                          f"importance_sample_ratio {importance_sample_ratio} in [0, 1]")
     num_masks = coarse_logits.shape[0]
     num_sampled = int(num_points * oversample_ratio)
-    device, dtype = coarse_logits.device, coarse_logits.dtype
+    device, dtype = coarse_logits.device, torch.promote_types(coarse_logits.dtype, torch.float32)
     candidates = torch.rand(num_masks, num_sampled, 2, device=device, dtype=dtype)
     uncertainty = uncertainty_fn(point_sample(coarse_logits, candidates))  # (N, 1, P')
     num_uncertain = int(importance_sample_ratio * num_points)
@@ -117,6 +121,6 @@ def point_mask_losses(
         coords = get_uncertain_point_coords_with_randomness(
             pred, calculate_uncertainty, num_points, oversample_ratio, importance_sample_ratio
         )
-        labels = point_sample(target_masks[:, None].to(pred.dtype), coords).squeeze(1)
-    logits = point_sample(pred, coords).squeeze(1)  # (N, P)
+        labels = point_sample(target_masks[:, None].to(coords.dtype), coords).squeeze(1)
+    logits = point_sample(pred, coords).squeeze(1)  # (N, P), in the coordinates' dtype
     return sigmoid_ce_loss(logits, labels, num_masks), dice_loss(logits, labels, num_masks)
