@@ -1,6 +1,7 @@
 """Mask, focal, box and point-sampled losses against hand-computed values; gradients flow."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,12 +17,14 @@ from refseg.modeling.losses import (
     generalized_box_iou,
     get_uncertain_point_coords_with_randomness,
     giou_loss,
+    num_masks_over_ranks,
     paired_generalized_box_iou,
     point_mask_losses,
     point_sample,
     sigmoid_ce_loss,
     sigmoid_focal_loss,
 )
+from ranks import run_on_ranks
 
 LN2 = math.log(2.0)
 
@@ -171,3 +174,18 @@ def test_half_precision_logits_are_sampled_at_float32_points():
     assert ce.dtype == dice.dtype == torch.float32
     (ce + dice).backward()
     assert pred.grad.dtype == torch.bfloat16 and torch.isfinite(pred.grad.float()).all()
+
+
+def _counts_on_rank(rank, batches):
+    """batches: cases, each one list of per-sample target counts per rank."""
+    return [num_masks_over_ranks([SimpleNamespace(masks=torch.zeros(n, 2, 2)) for n in case[rank]],
+                                 torch.device("cpu")) for case in batches]
+
+
+def test_num_masks_is_the_mean_over_ranks_at_least_one():
+    # Mask2Former's normaliser: every process divides by the same mean count, so a mask
+    # weighs the same on a process holding 1 target as on one holding 7.
+    assert num_masks_over_ranks([SimpleNamespace(masks=torch.zeros(3, 2, 2))], "cpu") == 3.0
+    assert num_masks_over_ranks([SimpleNamespace(masks=torch.zeros(0, 2, 2))], "cpu") == 1.0
+    cases = [[[1], [3, 4]], [[0], [1]]]  # ranks holding 1 and 7 masks; 0 and 1
+    assert run_on_ranks(_counts_on_rank, 2, cases) == [[4.0, 1.0], [4.0, 1.0]]

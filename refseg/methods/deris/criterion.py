@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from refseg.methods.deris.cognition import REFERENT
 from refseg.modeling.contracts import Targets
-from refseg.modeling.losses import point_mask_losses
+from refseg.modeling.losses import num_masks_over_ranks, point_mask_losses
 from refseg.modeling.matching import (
     Assignment,
     HungarianMatcher,
@@ -94,12 +94,15 @@ class DerisCriterion:
             assignments.append(self.matcher.match(costs))
         return assignments
 
-    def round_losses(self, round_: Round, targets: list[Targets]) -> dict[str, torch.Tensor]:
-        """Unweighted terms of one round: {"refer", "mask", "dice"}."""
+    def round_losses(self, round_: Round, targets: list[Targets],
+                     num_masks: float | None = None) -> dict[str, torch.Tensor]:
+        """Unweighted terms of one round: {"refer", "mask", "dice"}; ``num_masks`` normalises
+        the mask terms (default: `num_masks_over_ranks` of ``targets``)."""
         assignments = self.match(round_, targets)
         batch_idx = torch.cat([torch.full_like(a.query_idx, b) for b, a in enumerate(assignments)])
         query_idx = torch.cat([a.query_idx for a in assignments])
-        num_masks = max(sum(t.masks.shape[0] for t in targets), 1)
+        if num_masks is None:
+            num_masks = num_masks_over_ranks(targets, round_.refer_logits.device)
 
         logits = round_.refer_logits.float()
         labels = torch.full(logits.shape[:2], 1 - REFERENT, dtype=torch.long,
@@ -131,10 +134,11 @@ class DerisCriterion:
             raise ValueError(f"DeRIS loss: {len(targets)} targets for "
                              f"{existence_logits.shape[0]} samples")
         supervised = rounds if self.deep_supervision else rounds[-1:]
+        num_masks = num_masks_over_ranks(targets, existence_logits.device)  # one all-reduce
         totals: dict[str, torch.Tensor] = {}
         for r, round_ in enumerate(supervised):
             scale = 1.0 if r == len(supervised) - 1 else self.aux_weight
-            for name, value in self.round_losses(round_, targets).items():
+            for name, value in self.round_losses(round_, targets, num_masks).items():
                 term = scale * value
                 totals[name] = totals[name] + term if name in totals else term
         exists = torch.tensor([float(not t.no_target and t.masks.shape[0] > 0) for t in targets],

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from refseg.errors import ConfigError
 from refseg.modeling.contracts import Targets
-from refseg.modeling.losses import dice_loss, point_mask_losses
+from refseg.modeling.losses import dice_loss, num_masks_over_ranks, point_mask_losses
 from refseg.modeling.matching import (
     Assignment,
     HungarianMatcher,
@@ -100,16 +100,18 @@ class InstanceSupervision:
             assignments.append(self.matcher.match(costs))
         return assignments
 
-    def stage_losses(self, stage: Stage, pad_mask: torch.Tensor,
-                     targets: list[Targets]) -> dict[str, torch.Tensor]:
-        """Unweighted L_ins terms of one stage (InstAlign Eq. 12)."""
+    def stage_losses(self, stage: Stage, pad_mask: torch.Tensor, targets: list[Targets],
+                     num_masks: float | None = None) -> dict[str, torch.Tensor]:
+        """Unweighted L_ins terms of one stage (InstAlign Eq. 12); ``num_masks`` normalises
+        the mask and POA terms (default: `num_masks_over_ranks` of ``targets``)."""
         poa = None
         if stage.words is not None and self.weights["poa"] != 0:
             poa = poa_distance(stage.queries, stage.words, pad_mask)  # (B, Q)
         assignments = self.match(stage, poa, targets)
         batch_idx = torch.cat([torch.full_like(a.query_idx, b) for b, a in enumerate(assignments)])
         query_idx = torch.cat([a.query_idx for a in assignments])
-        num_masks = max(sum(t.masks.shape[0] for t in targets), 1)
+        if num_masks is None:
+            num_masks = num_masks_over_ranks(targets, pad_mask.device)
 
         logits = stage.relevance_logits
         labels = torch.zeros_like(logits)
@@ -134,9 +136,10 @@ class InstanceSupervision:
                  targets: list[Targets]) -> dict[str, torch.Tensor]:
         """Terms summed over the supervised stages, and their weighted sum ``"ins"``."""
         supervised = stages if self.deep_supervision else stages[-1:]
+        num_masks = num_masks_over_ranks(targets, pad_mask.device)  # once: one all-reduce per step
         totals: dict[str, torch.Tensor] = {}
         for stage in supervised:
-            for name, value in self.stage_losses(stage, pad_mask, targets).items():
+            for name, value in self.stage_losses(stage, pad_mask, targets, num_masks).items():
                 totals[name] = totals[name] + value if name in totals else value
         totals["ins"] = sum(self.weights[n] * v for n, v in totals.items())
         return totals

@@ -10,7 +10,12 @@ from refseg.modeling.losses.boxes import (
     giou_loss,
     paired_generalized_box_iou,
 )
-from refseg.modeling.losses.masks import dice_loss, sigmoid_ce_loss, sigmoid_focal_loss
+from refseg.modeling.losses.masks import (
+    dice_loss,
+    num_masks_over_ranks,
+    sigmoid_ce_loss,
+    sigmoid_focal_loss,
+)
 from refseg.modeling.losses.points import (
     calculate_uncertainty,
     get_uncertain_point_coords_with_randomness,
@@ -29,6 +34,7 @@ __all__ = [
     "generalized_box_iou",
     "get_uncertain_point_coords_with_randomness",
     "giou_loss",
+    "num_masks_over_ranks",
     "paired_generalized_box_iou",
     "point_mask_losses",
     "point_sample",

@@ -2,15 +2,38 @@
 
 Each takes N predictions and N targets of any shape (flattened per mask to P values) and
 returns the per-mask loss summed over masks and divided by `num_masks` — the number of
-targets in the batch, so that batches with many referents do not dominate.
+targets in the batch (`num_masks_over_ranks`: averaged over the processes of a
+distributed run), so that batches with many referents do not dominate.
 
 Legend: N masks, P pixels or points per mask.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+
+
+def num_masks_over_ranks(targets: Sequence, device: torch.device) -> float:
+    """Mask2Former's normaliser of the mask losses: the batch's number of target masks,
+    averaged over the processes of a distributed run (one all-reduce), at least 1.
+
+    Every process then divides by the same number, so each target mask weighs the same
+    whichever process holds it; with its own count, a mask on a process with few targets
+    would outweigh one on a busy process. Call it on every rank, as the loss is.
+
+    Args:
+        targets: the batch's targets, each with ``masks`` (G, H, W) (`Targets`).
+    """
+    count = sum(t.masks.shape[0] for t in targets)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return float(max(count, 1))
+    total = torch.tensor([float(count)], device=device)
+    dist.all_reduce(total)
+    return max(total.item() / dist.get_world_size(), 1.0)
 
 
 def sigmoid_ce_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
