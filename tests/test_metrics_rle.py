@@ -136,3 +136,26 @@ def test_encode_runs_matches_pycocotools():
     mask[1:3, 1:4] = 1
     rle = mask_utils.encode(np.asfortranarray(mask))
     assert _encode_runs(masks._parse_counts(rle["counts"].decode(), "x")) == rle["counts"].decode()
+
+
+def _padded_count(value: int, chars: int) -> str:
+    """One count written in ``chars`` characters (sign-extended), as no encoder writes it."""
+    bits = value + (1 << 5 * chars) if value < 0 else value
+    return "".join(chr(48 + (((bits >> 5 * i) & 0x1F) | (0x20 if i < chars - 1 else 0)))
+                   for i in range(chars))
+
+
+def test_counts_longer_than_pycocotools_reads_are_invalid():
+    # Runs 0, 70, 5, 6, 319 of a 20 x 20 mask (76 foreground pixels); the 4th run is the
+    # difference -64 to the 2nd. Written in 6 characters pycocotools reads it right; in 7 its
+    # 32-bit shifts overflow and it sees other runs (and `merge` may loop for minutes).
+    head = _padded_count(0, 1) + _padded_count(70, 2) + _padded_count(5, 1)
+    tail = _padded_count(319 - 5, 2)
+    six, seven = (head + _padded_count(-64, n) + tail for n in (6, 7))
+    assert masks._parse_counts(six, "x") == [0, 70, 5, 6, 319]
+    assert mask_utils.area({"size": [20, 20], "counts": six}) == 76
+    assert mask_utils.area({"size": [20, 20], "counts": seven}) != 76
+    assert invalid_rle_counts([six, seven], [400, 400]) == [1]
+    assert masks.validate_rle({"size": [20, 20], "counts": six}, 20, 20, where="m")
+    with pytest.raises(DataError, match="m: an RLE count longer than 6 characters"):
+        masks.validate_rle({"size": [20, 20], "counts": seven}, 20, 20, where="m")

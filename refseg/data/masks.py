@@ -20,6 +20,12 @@ from pycocotools import mask as mask_utils
 from refseg.data.types import RLE
 from refseg.errors import DataError
 
+# The most characters one compressed-RLE count may take: pycocotools' ``rleFrString``
+# assembles a count with 32-bit int shifts, so a 7th character (bits 30-34) overflows and
+# the string decodes to other runs than it says (its area wrong, ``merge`` looping for
+# minutes). Six characters hold 30 bits: runs up to 2^29 pixels, more than any image.
+MAX_COUNT_CHARS = 6
+
 
 def segmentation_to_rle(segmentation: Any, h: int, w: int, *, where: str = "segmentation") -> RLE:
     """Compressed RLE of a published COCO segmentation at image size (h, w).
@@ -127,6 +133,9 @@ def _parse_counts(counts: str, where: str) -> list[int]:
         value |= (c & 0x1F) << shift
         shift += 5
         if c & 0x20:
+            if shift >= 5 * MAX_COUNT_CHARS:
+                raise DataError(f"{where}: an RLE count longer than {MAX_COUNT_CHARS} "
+                                "characters (pycocotools would misread it)")
             continue
         if c & 0x10:
             value -= 1 << shift

@@ -14,8 +14,7 @@ from typing import NamedTuple
 import numpy as np
 from pycocotools import mask as mask_utils
 
-# A compressed-RLE count of more than 7 characters (35 bits) exceeds any image.
-_MAX_COUNT_CHARS = 7
+from refseg.data.masks import MAX_COUNT_CHARS as _MAX_COUNT_CHARS
 _CHUNK_CHARS = 1 << 17
 
 
@@ -84,8 +83,9 @@ def at_eval_size(mask, size: int | None):
 def invalid_rle_counts(counts: Sequence[str | bytes], sizes: Sequence[int]) -> list[int]:
     """Indices of compressed RLE ``counts`` strings that are not valid for their mask size.
 
-    Valid means: every character in COCO's alphabet ('0'..'o'), every count complete, every
-    decoded run non-negative, and the runs adding up to exactly ``sizes[i]`` = h * w pixels.
+    Valid means: every character in COCO's alphabet ('0'..'o'), every count complete and
+    at most `MAX_COUNT_CHARS` long (pycocotools misreads longer ones), every decoded run
+    non-negative, and the runs adding up to exactly ``sizes[i]`` = h * w pixels.
     pycocotools checks none of this: a short string decodes to uninitialised memory and
     hangs ``merge``. Strings are checked a chunk at a time, in numpy (small chunks keep the
     work arrays in cache and avoid page faults).
