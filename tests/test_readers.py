@@ -298,3 +298,19 @@ def test_refs_file_that_is_not_a_list_of_records(tmp_path):
     assert "ref #0 is a int, not a record" in _error("grefcoco", tmp_path)
     (tmp_path / "grefs(unc).json").write_text("[{")
     assert "not valid JSON" in _error("grefcoco", tmp_path)
+
+
+def test_corrupt_pickles_are_clear_errors_without_huge_allocations(tmp_path):
+    from refseg.io.safe_pickle import load_pickle
+
+    path = tmp_path / "refs(unc).p"
+    # Memoises 1 at index 2^31 - 1: pickle's C unpickler would size its memo table for 2^32
+    # entries (32 GB); the pure-Python one refseg runs keeps a dict and just loads it.
+    path.write_bytes(b"\x80\x02K\x01r\xff\xff\xff\x7f.")
+    assert load_pickle(path) == 1
+    path.write_bytes(b"\x80\x04\x957\x00")  # a frame header cut short
+    with pytest.raises(DataError, match=r"refs\(unc\).p: not a readable pickle"):
+        load_pickle(path)
+    path.write_bytes(b"\x80\x02(J\x00\x00\x00\x7fh\x00")  # a memo index never stored
+    with pytest.raises(DataError, match="not a readable pickle"):
+        load_pickle(path)

@@ -1,12 +1,16 @@
 """Restricted unpickling of foreign pickles (refs files, model-zoo ``.pkl`` weights).
 
 Plain ``pickle.load`` runs any code a file names; these loaders admit only plain data.
+They run pickle's pure-Python unpickler: the C one sizes its memo table by the largest
+index a file names, so a corrupt or hostile file of a few bytes can make it allocate and
+clear tens of GB; the Python one keeps the memo in a dict (about 2.5x slower to load).
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+import struct
 from pathlib import Path
 
 from refseg.errors import DataError
@@ -35,7 +39,7 @@ _NUMPY = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python implementation
     def __init__(self, file, allowed: set[tuple[str, str]], source: str):
         super().__init__(file, encoding="latin1")
         self._allowed = allowed
@@ -76,5 +80,7 @@ def load_pickle(path: str | Path, *, allow_numpy: bool = False):
         return _RestrictedUnpickler(io.BytesIO(data), allowed, str(path)).load()
     except DataError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            KeyError, IndexError, OverflowError, MemoryError, RecursionError,
+            struct.error) as exc:
         raise DataError(f"{path}: not a readable pickle ({exc})") from None
