@@ -117,12 +117,17 @@ def test_sentence_text_images_and_file_name_suffix(tmp_path):
     assert ds.source == data / "grefs(unc).json"
 
 
-def test_raw_is_the_fallback_sentence_text(tmp_path):
-    s = sentence(1, "the raw text")
-    del s["sent"]
+def test_raw_is_the_sentence_text_and_sent_the_fallback(tmp_path):
+    # LAVT, ReLA, DeRIS, DMMI and robust-ref-seg all feed "raw" (as written, with its case
+    # and punctuation) to the text encoder; "sent" is the lower-cased, re-tokenised form.
+    s = sentence(1, "the man on the left")
+    s["raw"] = "The man on the left."
+    fallback = sentence(2, "the sent text")
+    del fallback["raw"]
     write_instances(tmp_path, IMAGES, annotations())
-    write_refs(tmp_path / "refs(unc).p", [ref_record(1, 1, 11, "val", [s])])
-    assert load_split("refcoco", tmp_path, "val").samples[0].sentence == "the raw text"
+    write_refs(tmp_path / "refs(unc).p", [ref_record(1, 1, 11, "val", [s, fallback])])
+    samples = load_split("refcoco", tmp_path, "val").samples
+    assert [x.sentence for x in samples] == ["The man on the left.", "the sent text"]
 
 
 def test_grefcoco_pickle_and_json(tmp_path):
@@ -257,7 +262,7 @@ def test_malformed_sentences_and_ann_ids(tmp_path):
     s = sentence(1, "a")
     del s["sent"], s["raw"]
     msg = _error("refcoco", _write(tmp_path, [ref_record(3, 1, 11, "val", [s])]))
-    assert "sent_id 1: missing field 'sent'" in msg
+    assert "sent_id 1: missing field 'raw' (or 'sent')" in msg
     s = sentence(1, "a")
     del s["sent_id"]
     ref = ref_record(3, 1, 11, "val", [s])

@@ -224,9 +224,9 @@ class _SplitBuilder:
             raise DataError(f"{where}: sentence {i} is not a record")
         sent_id = _sent_id(ref, i, sent, where)
         where_s = f"{where}: sent_id {sent_id}"
-        text = sent.get("sent", sent.get("raw"))
+        text = sent.get("raw", sent.get("sent"))  # the official loaders read "raw"
         if not isinstance(text, str):
-            raise DataError(f"{where_s}: missing field 'sent' (or 'raw')")
+            raise DataError(f"{where_s}: missing field 'raw' (or 'sent')")
         if kept is None or not self.reader.sentence_has_target(sent, where_s):
             ann_ids: tuple[int, ...] = ()
         elif not kept:
