@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from refseg.errors import ConfigError
 from refseg.methods.instalign.aggregation import (
@@ -200,6 +201,28 @@ def test_language_aware_backbone_depends_on_real_words_only():
     words3 = words.clone()
     words3[0, 0] += 1.0
     assert not torch.allclose(maps[0], fused(images, words3, pad)[0])
+
+
+def test_language_aware_stage_is_pwam_then_the_stage_norm_as_in_lavt_and_rela():
+    # LAVT / ReLA: PWAM reads the blocks' raw output, the stage's norm then normalises the
+    # fused map for the pixel decoder, and the gate's addend joins the raw output.
+    from refseg.modeling.backbones.swin import swin_nano
+
+    torch.manual_seed(0)
+    fused = LanguageAwareBackbone(backbone=swin_nano(), text_dim=8, gate=True).eval()
+    swin = fused.backbone
+    images, words = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 8)
+    pad = torch.tensor([[False, False, True], [False, False, False]])
+    with torch.no_grad():
+        nn.init.normal_(fused.gates[0].gate[2].weight)  # open the first gate
+        maps = fused(images, words, pad)
+        raw = swin.layers[0].run_blocks(swin.patch_embed(images))  # (B, H, W, C)
+        B, H, W, C = raw.shape
+        pwam = fused.fusions[0](raw.reshape(B, H * W, C), words, pad).view(B, H, W, C)
+        torch.testing.assert_close(maps[0], swin.norm0(pwam).permute(0, 3, 1, 2))
+        after = swin.layers[1].run_blocks(swin.layers[0].next_input(raw + fused.gates[0](pwam)))
+        pwam1 = fused.fusions[1](after.reshape(B, -1, after.shape[-1]), words, pad)
+        torch.testing.assert_close(maps[1], swin.norm1(pwam1.view(after.shape)).permute(0, 3, 1, 2))
 
 
 def test_no_target_loss_weighs_no_target_samples():

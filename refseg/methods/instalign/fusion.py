@@ -2,7 +2,8 @@
 
 The paper builds on ReLA (Sec. 3.1, Supp. 11.2) and reports 230M parameters against
 ReLA's 226M; ReLA's visual encoder is LAVT's language-aware Swin, where every stage output
-is replaced by a pixel-word attention module (PWAM) product ``vis(x) * lang(x)``. LAVT and
+is replaced by a pixel-word attention module (PWAM) product ``vis(x) * lang(x)``: PWAM
+reads the output of the stage's blocks, the stage's norm then normalises the fused map. LAVT and
 ReLA also add the product back into the stage through a language gate (LAVT Sec. 3.3,
 ``x + gate(f) * f`` with ``gate = tanh(W2 relu(W1 f))``) whose two weights the released
 code initialises to zero; with both at zero neither ever receives a gradient, so the
@@ -111,8 +112,8 @@ class LanguageAwareBackbone(nn.Module):
 
     def _fuse_stage(self, s: int, x: torch.Tensor, words: torch.Tensor,
                     pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Stage s's normed output (B, H, W, C) -> (its fused map, the gated addend; None
-        with the gate shut and after the last stage)."""
+        """Stage s's blocks' output (B, H, W, C) -> (its fused map, which the stage's norm
+        then returns; the gated addend, None with the gate shut and after the last stage)."""
         B, H, W, C = x.shape
         fused = self.fusions[s](x.reshape(B, H * W, C), words, pad_mask).view(B, H, W, C)
         if self.gates is None or s >= len(self.gates):

@@ -353,10 +353,10 @@ class SwinBackbone(nn.Module):
         Args:
             images: (B, 3, H, W) normalised images; H, W multiples of 32 give maps of exactly
                 H/s x W/s (other sizes are padded bottom/right, giving ceil(H/s)).
-            fuse: optional ``fuse(s, normed)`` for every stage s: from its normed output
-                (B, H_s, W_s, C_s) to (the map returned for the stage, an addend to the stage
-                output before it is downsampled, or None); e.g. LAVT's PWAM and language
-                gate.
+            fuse: optional ``fuse(s, out)`` for every stage s: from the output of its blocks
+                (B, H_s, W_s, C_s) to (the map the stage's norm then returns, an addend to
+                the blocks' output before it is downsampled, or None); e.g. LAVT's PWAM and
+                language gate, in LAVT's and ReLA's order (fuse, then the stage's norm).
 
         Returns:
             Four maps (B, C_i, H/s_i, W/s_i), ascending stride.
@@ -367,12 +367,13 @@ class SwinBackbone(nn.Module):
         features = []
         for s, stage in enumerate(self.layers):
             out = stage.run_blocks(x)
-            feature = getattr(self, f"norm{s}")(out)
+            feature = out
             if fuse is not None:
-                feature, addend = fuse(s, feature)
+                feature, addend = fuse(s, out)
                 if addend is not None:
                     out = out + addend
             x = stage.next_input(out)
+            feature = getattr(self, f"norm{s}")(feature)
             features.append(feature.permute(0, 3, 1, 2).contiguous())
         return features
 
