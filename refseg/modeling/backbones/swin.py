@@ -30,8 +30,8 @@ from torch.utils.checkpoint import checkpoint
 from refseg.errors import ConfigError
 from refseg.modeling.contracts import FeatureSpec
 
-# (stage index, its normed output) -> (the map returned for it, an addend to its output
-# before downsampling, or None).
+# (stage index, its blocks' output) -> (the map its norm then returns, an addend to the
+# blocks' output before downsampling, or None).
 BackboneFuse = Callable[[int, torch.Tensor], tuple[torch.Tensor, "torch.Tensor | None"]]
 
 # The value the original implementation adds to attention logits across shifted-window
