@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except RefsegError as exc:
         print(f"refseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file the command could not read or write, named by the OS
+        print(f"refseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"refseg {args.command}: interrupted", file=sys.stderr)
         return 130

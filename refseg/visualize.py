@@ -20,6 +20,7 @@ PALETTE = (
 )
 NO_TARGET_RED = (200, 30, 30)
 MIN_WIDTH = 384  # smaller pictures are enlarged (nearest) so that the text stays legible
+MAX_ZOOMED_SIDE = 4096  # ... but never beyond this (a 400 x 2 picture is not made 76,800 tall)
 
 
 def _font(size: int):
@@ -39,7 +40,8 @@ def overlay(image: np.ndarray, result: RefResult, sentence: str, *, alpha: float
     Each instance is tinted in its own colour with its box and score; without instances
     the merged mask is tinted. A header above the image holds the sentence, and a red
     "NO TARGET" banner when the model decided that nothing is referred to. Pictures
-    narrower than `MIN_WIDTH` are enlarged by an integer factor first.
+    narrower than `MIN_WIDTH` are enlarged by an integer factor first (up to a side of
+    `MAX_ZOOMED_SIDE`).
 
     Args:
         image: (H, W, 3) uint8, the picture the result was computed on.
@@ -51,7 +53,8 @@ def overlay(image: np.ndarray, result: RefResult, sentence: str, *, alpha: float
     """
     from PIL import Image, ImageDraw
 
-    zoom = -(-MIN_WIDTH // image.shape[1])  # ceil; 1 for pictures at least MIN_WIDTH wide
+    h, w = image.shape[:2]
+    zoom = max(1, min(-(-MIN_WIDTH // w), MAX_ZOOMED_SIDE // h))  # ceil; 1 if wide enough
     canvas = _enlarge(image, zoom).astype(np.float32)
     if result.instances:
         for k, inst in enumerate(result.instances):

@@ -46,6 +46,31 @@ def test_exif_orientation_6_returns_the_rotated_picture(tmp_path):
     np.testing.assert_array_equal(out, load_image(Image.open(tmp_path / "r.jpg")))
 
 
+# What to store so that an orientation tag displays the upright picture: the inverse of
+# the transpose the tag asks for (EXIF 6 = rotate 270 to display, so store it rotated 90).
+_STORE = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+          6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+          8: Image.Transpose.ROTATE_270}
+
+
+@pytest.mark.parametrize("fmt, suffix", [("TIFF", "tif"), ("PNG", "png"), ("WEBP", "webp")])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_orientation_gives_the_displayed_size_and_pixels(tmp_path, fmt, suffix,
+                                                               orientation):
+    # Pillow's TIFF reader already reports the displayed size; the others do not.
+    upright = (np.arange(3 * 5 * 3).reshape(3, 5, 3) * 5).astype(np.uint8)
+    image = Image.fromarray(upright)
+    if _STORE[orientation] is not None:
+        image = image.transpose(_STORE[orientation])
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o.{suffix}"
+    image.save(path, format=fmt, exif=exif, **({"lossless": True} if fmt == "WEBP" else {}))
+    np.testing.assert_array_equal(load_image(path), upright)
+    assert image_size(path) == (3, 5)
+
+
 def test_cmyk_jpeg(tmp_path):
     cmyk = Image.new("CMYK", (8, 6), (0, 255, 255, 0))  # no cyan, full magenta+yellow: red
     cmyk.save(tmp_path / "c.jpg", quality=95)
@@ -109,6 +134,20 @@ def test_arrays():
     np.testing.assert_array_equal(load_image(rgba), rgb)
     with pytest.raises(DataError, match="array"):
         load_image(np.zeros((2, 2, 2), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"empty image array \(0, 4, 3\)"):
+        load_image(np.zeros((0, 4, 3), dtype=np.uint8))
+
+
+def test_integer_arrays_are_read_by_their_range():
+    rgb = _pattern()
+    # np.array(picture, dtype=int) or a torch tensor's .numpy(): 8-bit values in int64
+    np.testing.assert_array_equal(load_image(rgb.astype(np.int64)), rgb)
+    np.testing.assert_array_equal(load_image(rgb.astype(np.int32)), rgb)
+    # uint16 is 16-bit whatever its values; other integers above 255 are 16-bit too
+    wide = rgb.astype(np.uint16) * 257
+    np.testing.assert_array_equal(load_image(wide), rgb)
+    np.testing.assert_array_equal(load_image(wide.astype(np.int64)), rgb)
+    assert load_image(np.full((2, 2), 200, np.uint16)).max() == 1  # a dark 16-bit picture
 
 
 def test_truncated_file(tmp_path):

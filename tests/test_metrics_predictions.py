@@ -113,6 +113,10 @@ BAD = [
      r"instances\[0\]: 'box' \[2, 0, 1, 1\] has x2 < x1"),
     ([{"sent_id": 4, "mask": RLE, "instances": [{"box": [0, 0, 1, 1]}]}],
      r"instances\[0\]: 'score' must be a finite number"),
+    ([{"sent_id": 4, "mask": RLE, "instances": [{"box": [0, 0, 1, 1], "score": 10**400}]}],
+     r"instances\[0\]: 'score' must be a finite number"),
+    ([{"sent_id": 4, "mask": RLE, "instances": [{"box": [0, 0, 10**400, 1], "score": 1}]}],
+     r"instances\[0\]: 'box' must be \[x1, y1, x2, y2\] \(finite numbers\)"),
     ([{"sent_id": 4, "mask": RLE, "instances": [{"box": [0, 0, 1, 1], "score": 1,
                                                  "mask": {"size": [4, 5], "counts": "0"}}]}],
      r"sent_id 4: instances\[0\].mask: malformed RLE"),
@@ -141,6 +145,14 @@ def test_nan_score_and_json_lines_errors(tmp_path):
         read_predictions(path)
     with pytest.raises(PredictionError, match="nope.json: file not found"):
         read_predictions(tmp_path / "nope.json")
+
+
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path):
+    records = [{"sent_id": 1, "mask": RLE}]
+    (tmp_path / "p.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(records).encode())
+    (tmp_path / "p.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(records[0]).encode())
+    assert read_predictions(tmp_path / "p.json") == read_predictions(tmp_path / "p.jsonl")
+    assert [p.sent_id for p in read_predictions(tmp_path / "p.json")] == [1]
 
 
 def test_empty_list_is_no_predictions(tmp_path):

@@ -250,3 +250,43 @@ def test_cli_predict_rejects_empty_folders_clashing_names_and_bad_thresholds(
         out = str(tmp_path / "o")
         code = main(["predict", str(ckpt), "--text", SENTENCE, "--out", out, *extra])
         assert code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_predict_never_overwrites_its_input_images(ckpt, picture, tmp_path, capsys,
+                                                       monkeypatch):
+    register(monkeypatch)
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    before = (tmp_path / "a.png").read_bytes()
+    args = ["predict", str(ckpt), "--text", SENTENCE, "--device", "cpu", "--out", str(tmp_path)]
+    for image in (tmp_path, tmp_path / "a.png"):  # the folder, or the image in its own folder
+        assert main([*args, "--image", str(image)]) == 2
+        assert "the output would overwrite this input image" in capsys.readouterr().err
+    assert (tmp_path / "a.png").read_bytes() == before and not (tmp_path / "a.json").exists()
+    assert main([*args, "--image", str(tmp_path / "a.png"), "--no-overlay"]) == 0
+    assert (tmp_path / "a.png").read_bytes() == before and (tmp_path / "a.json").is_file()
+
+
+def test_cli_predict_checks_batch_size_and_out(ckpt, picture, tmp_path, capsys, monkeypatch):
+    register(monkeypatch)
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("")
+    args = ["predict", str(ckpt), "--text", SENTENCE, "--image", str(tmp_path / "a.png")]
+    for size in ("0", "-1"):
+        with pytest.raises(SystemExit):
+            main([*args, "--out", str(tmp_path / "o"), "--batch-size", size])
+        assert "expected a positive integer" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "file")]) == 2
+    assert "file: exists and is not a folder" in capsys.readouterr().err
+
+
+def test_load_takes_the_device_by_position(ckpt, monkeypatch):
+    register(monkeypatch)
+    assert refseg.load(ckpt, "cpu").device == torch.device("cpu")
+
+
+def test_overlays_of_tall_narrow_pictures_stay_small(predictor):
+    from refseg.visualize import MAX_ZOOMED_SIDE, overlay
+
+    tall = np.zeros((400, 2, 3), np.uint8)
+    picture = overlay(tall, predictor.predict(tall, SENTENCE), SENTENCE)
+    assert picture.height <= MAX_ZOOMED_SIDE + 200 and picture.width < 400

@@ -99,6 +99,19 @@ def test_bad_data_and_options(tmp_path, capsys):
               "--predictions", "p.json", "--eval-size", "0"])
 
 
+def test_an_unwritable_out_is_refused_before_scoring(grefcoco, tmp_path, capsys):
+    write_predictions(tmp_path / "p.json", [])
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    args = ["--format", "grefcoco", "--data", grefcoco, "--split", "val",
+            "--predictions", tmp_path / "p.json", "--allow-missing"]
+    code, out, err = _score(capsys, *args, "--out", tmp_path / "folder")
+    assert code == 2 and "folder: is a folder (an output file name is expected)" in err
+    assert out == ""  # refused before the (possibly long) scoring
+    code, _, err = _score(capsys, *args, "--out", tmp_path / "file" / "m.json")
+    assert code == 2 and f"cannot be written, {tmp_path / 'file'} is a file" in err
+
+
 def test_score_does_not_import_torch(grefcoco, tmp_path):
     data, ds = grefcoco
     write_predictions(tmp_path / "p.json", ground_truth_predictions(ds))

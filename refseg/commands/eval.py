@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     from refseg.errors import ConfigError
+    from refseg.io.atomic import check_output
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: must be >= 1")
@@ -47,6 +48,9 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--eval-size {args.eval_size}: must be >= 1")
     if not 0.0 <= args.grec_score_thr <= 1.0:
         raise ConfigError(f"--grec-score-thr {args.grec_score_thr}: must be in [0, 1]")
+    for output in (args.out, args.save_predictions):
+        if output:
+            check_output(output)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 
+from refseg.commands.arguments import positive_int
 from refseg.commands.eval import CHECKPOINT_HELP, THRESHOLD_HELP
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                  ".pgm", ".avif"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--threshold", action="append", metavar="KEY=VALUE", help=THRESHOLD_HELP)
     parser.add_argument("--no-overlay", action="store_true", help="write only the JSON files")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=positive_int, default=4, metavar="N")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -43,13 +45,32 @@ def list_images(path) -> list:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise DataError(f"{path}: no image files in this folder ({suffixes})")
     stems: dict[str, object] = {}
-    for p in found:
-        if p.stem in stems:
+    for p in found:  # case-insensitively: A.json and a.json are one file on macOS or Windows
+        if p.stem.lower() in stems:
             raise DataError(
-                f"{path}: {stems[p.stem]} and {p.name} would write the same {p.stem}.json"
+                f"{path}: {stems[p.stem.lower()]} and {p.name} would write the same {p.stem}.json"
             )
-        stems[p.stem] = p.name
+        stems[p.stem.lower()] = p.name
     return found
+
+
+def check_outputs(images: list, out, overlay: bool) -> None:
+    """Refuse, before any work, an output folder where a written file would replace an input
+    image (``--out`` = the images' folder and an image named ``<stem>.png``)."""
+    from pathlib import Path
+
+    from refseg.errors import DataError
+    from refseg.io.atomic import check_output
+
+    out = check_output(out, folder=True)
+    suffixes = (".json", ".png") if overlay else (".json",)
+    inputs = {Path(p).resolve() for p in images}
+    for image in images:
+        for suffix in suffixes:
+            target = (out / f"{Path(image).stem}{suffix}").resolve()
+            if target in inputs:
+                raise DataError(f"{target}: the output would overwrite this input image; "
+                                "give another --out folder")
 
 
 def result_record(image, sentence: str, result, thresholds) -> dict:
@@ -91,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_threshold_overrides(args.threshold)
     images = list_images(args.image)
     folder = Path(args.image).is_dir()
+    check_outputs(images, args.out, overlay=not args.no_overlay)
     predictor = load(args.checkpoint, device=args.device)
     thresholds = merge_thresholds(predictor.thresholds, overrides)
     out = Path(args.out)
@@ -98,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     quiet = args.no_progress or not folder
     bar = tqdm(total=len(images), unit="image", disable=quiet, dynamic_ncols=True)
-    for start in range(0, len(images), max(1, args.batch_size)):
+    for start in range(0, len(images), args.batch_size):
         chunk, pixels = [], []
         for path in images[start : start + args.batch_size]:
             try:

@@ -15,27 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from refseg.commands.arguments import positive_int, unit_float
 from refseg.data.types import FORMATS
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,22 +29,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", required=True, metavar="FILE",
                         help="JSON list or JSON Lines of predictions (see docs/metrics.md)")
     parser.add_argument("--out", metavar="FILE", help="also write the metrics as JSON here")
-    parser.add_argument("--eval-size", type=_positive_int, metavar="S",
+    parser.add_argument("--eval-size", type=positive_int, metavar="S",
                         help="resize prediction and ground truth to S x S (nearest) before "
                              "scoring, to reproduce a network-resolution protocol (default: "
                              "score at the original image size)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="score sentences without a prediction as empty predictions")
-    parser.add_argument("--grec-score-thr", type=_unit_float, default=0.7, metavar="T",
+    parser.add_argument("--grec-score-thr", type=unit_float, default=0.7, metavar="T",
                         help="GREC keeps predicted boxes with score >= T (default 0.7)")
 
 
 def run(args: argparse.Namespace) -> int:
     from refseg.data.load import load_split
-    from refseg.io.atomic import write_json
+    from refseg.io.atomic import check_output, write_json
     from refseg.io.predictions import read_predictions
     from refseg.metrics.scorer import format_table, score_predictions
 
+    if args.out:
+        check_output(args.out)
     dataset = load_split(args.format, args.data, args.split, split_by=args.split_by)
     predictions = read_predictions(args.predictions)
     result = score_predictions(

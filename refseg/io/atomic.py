@@ -15,6 +15,29 @@ def _umask() -> int:
     return mask
 
 
+def check_output(path: str | Path, *, folder: bool = False) -> Path:
+    """Fail before any work, naming ``path``, when an output cannot go there: a folder given
+    for a file, a file given for a folder, or a file where a parent folder should be.
+
+    Raises:
+        DataError: with the path and the reason.
+    """
+    from refseg.errors import DataError
+
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise DataError(f"{path}: exists and is not a folder (an output folder is expected)")
+    if not folder and path.is_dir():
+        raise DataError(f"{path}: is a folder (an output file name is expected)")
+    parent = path if folder else path.parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise DataError(f"{path}: cannot be written, {ancestor} is a file")
+            break
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.

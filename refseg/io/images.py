@@ -41,8 +41,9 @@ def load_image(src: Any, *, where: str | None = None) -> np.ndarray:
     """Pixels of an image as (H, W, 3) uint8 RGB, in displayed orientation.
 
     Args:
-        src: a path, a PIL image, or an (H, W), (H, W, 3) or (H, W, 4) array (uint8,
-            uint16, bool, or float in 0..1).
+        src: a path, a PIL image, or an (H, W), (H, W, 3) or (H, W, 4) array: uint8;
+            uint16 (16-bit); bool; another integer type (values up to 255 read as 8-bit,
+            up to 65535 as 16-bit); float in 0..1 (other ranges are stretched min-max).
         where: names the image in error messages (default: the path).
 
     Raises:
@@ -63,7 +64,9 @@ def image_size(path: str | Path, *, where: str | None = None) -> tuple[int, int]
     path = Path(path)
     with _open(path, where or str(path)) as img:
         w, h = img.size
-        return (w, h) if _orientation(img) in _TRANSPOSED else (h, w)
+        # Pillow's TIFF reader already reports (and decodes) the displayed size.
+        transposed = img.format != "TIFF" and _orientation(img) in _TRANSPOSED
+        return (w, h) if transposed else (h, w)
 
 
 def check_image(path: str | Path, expected_hw: tuple[int, int] | None = None) -> str | None:
@@ -155,6 +158,8 @@ def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
         a = a[:, :, 0]
     elif a.ndim != 2:
         raise DataError(f"{where}: expected an (H, W), (H, W, 3) or (H, W, 4) array, got {a.shape}")
+    if a.size == 0:
+        raise DataError(f"{where}: empty image array {array.shape}")
     a = _to_uint8(a, where)
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
@@ -168,6 +173,8 @@ def _to_uint8(a: np.ndarray, where: str) -> np.ndarray:
         return a.astype(np.uint8) * 255
     if np.issubdtype(a.dtype, np.integer):
         lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if a.dtype != np.uint16 and 0 <= lo and hi <= 255:  # e.g. int64 from np.array(...)
+            return a.astype(np.uint8)
         if lo >= 0 and hi <= 65535:
             # Round to nearest: 65535 / 257 = 255 exactly.
             return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)

@@ -17,6 +17,7 @@ the predictions are scored.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 from pathlib import Path
@@ -49,6 +50,8 @@ def read_predictions(path: str | Path) -> list[Prediction]:
 
 def _load_records(text: bytes, path: Path) -> list[tuple[str, Any]]:
     """(location, decoded object) per record; location is 'line N' or 'record N'."""
+    if text.startswith(codecs.BOM_UTF8):  # as some editors save UTF-8
+        text = text[len(codecs.BOM_UTF8):]
     stripped = text.lstrip()
     if stripped.startswith(b"["):
         try:
@@ -149,7 +152,7 @@ def _parse_instance(inst: Any, where: str) -> tuple[Instance, dict | None]:
         type(box) is not list
         or len(box) != 4
         or not all(type(v) in (int, float) for v in box)
-        or not all(map(math.isfinite, box))
+        or not all(map(_finite, box))
     ):
         raise PredictionError(
             f"{where}: 'box' must be [x1, y1, x2, y2] (finite numbers), got {box!r}"
@@ -159,7 +162,7 @@ def _parse_instance(inst: Any, where: str) -> tuple[Instance, dict | None]:
             f"{where}: 'box' {box} has x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)"
         )
     score = inst.get("score")
-    if not _is_number(score) or not math.isfinite(score):
+    if not _is_number(score) or not _finite(score):
         raise PredictionError(f"{where}: 'score' must be a finite number, got {score!r}")
     rle = None if inst.get("mask") is None else _rle_fields(inst["mask"], f"{where}: mask")
     return Instance(tuple(float(v) for v in box), float(score), rle), rle
@@ -205,6 +208,14 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value: int | float) -> bool:
+    """math.isfinite, False (not OverflowError) for an integer too large for a float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 # --- writing ----------------------------------------------------------------------------
