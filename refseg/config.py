@@ -135,10 +135,34 @@ def _from_dict(cls, data: dict, where: str):
         annotation = fields[name]
         if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
             value = _from_dict(annotation, value, f"{where}.{name}")
-        elif typing.get_origin(annotation) is tuple and isinstance(value, list):
-            value = tuple(value)
+        else:
+            value = _checked(value, annotation, f"{where}.{name}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _checked(value, annotation, key: str):
+    """A JSON value checked against a field's type, as overrides are (``2.0`` is no int, ``"3"``
+    no number); ints are accepted for floats and lists for tuples."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _checked(value, args[0], key)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        (item,) = typing.get_args(annotation)[:1]
+        return tuple(_checked(v, item, key) for v in value)
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }.get(annotation)
+    if origin is tuple or (ok is not None and not ok(value)):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise ConfigError(f"{key}: expected {name}, got {value!r}")
+    return float(value) if annotation is float else value
 
 
 def from_dict(data: dict, model_class: type, where: str = "config") -> RunConfig:

@@ -82,7 +82,14 @@ def test_checkpoint_dir_keeps_last_and_best_only(parts, tmp_path):
     ckpts.save(3, **common)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["best", "iter_0000001", "iter_0000003", "last"]
-    assert checkpoint.read_meta(ckpts.last())["iteration"] == 3
+    # What a save killed half-way leaves behind goes with the next save.
+    (tmp_path / "checkpoints" / ".iter_0000004.x1.tmp").mkdir()
+    (tmp_path / "checkpoints" / ".iter_0000003.x2.old").mkdir()
+    (tmp_path / "checkpoints" / ".last.123.link").symlink_to("iter_0000003")
+    ckpts.save(5, **common)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best", "iter_0000001", "iter_0000005", "last"]
+    assert checkpoint.read_meta(ckpts.last())["iteration"] == 5
     # A run directory resolves to its best checkpoint, else its last.
     (tmp_path / "config.json").write_text("{}")
     assert checkpoint.resolve(tmp_path).name == "best"

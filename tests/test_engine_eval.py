@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from engine_tinyfilm import register, run_config, synth
 
 from refseg.cli import main
@@ -117,12 +118,12 @@ def test_eval_thresholds_change_decisions(trained, tmp_path):
     assert scores[0] == scores[1]
 
 
-def torchrun(*args, nproc=2, timeout=180):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS))
+def torchrun(*args, nproc=2, timeout=180, ok=True, **env_extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS), **env_extra)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", str(TESTS / "engine_launch.py"), *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
     return done
 
 
@@ -153,6 +154,29 @@ def test_training_under_torchrun_validates_checkpoints_and_resumes(trained, tmp_
     assert vals == [3, 6]
     done = torchrun(*args, "--resume")  # both ranks load the state; nothing is left to do
     assert "6 iterations" in done.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_resume_after_a_kill_equals_the_uninterrupted_run(trained, tmp_path):
+    """Each rank draws its own dropout masks, so each rank's RNG state is saved and
+    restored: the resumed 2-process run ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    data, _ = trained
+    args = ["train", "tinyfilm-test", f"data.root={data}", f"data.images={data / 'images'}",
+            "data.val_split=", "train.batch_size=4", "train.max_iters=8",
+            "train.checkpoint_every=4", "--no-progress"]
+    torchrun(*args, "--out", str(tmp_path / "straight"))
+    killed = tmp_path / "killed"
+    torchrun(*args, "--out", str(killed), ok=False, REFSEG_TEST_DIE_AFTER="6")
+    assert checkpoint.read_meta(killed / "checkpoints" / "last")["iteration"] == 4
+    torchrun(*args, "--out", str(killed), "--resume")
+    a, b = (load_file(str(run / "checkpoints" / "last" / checkpoint.WEIGHTS))
+            for run in (tmp_path / "straight", killed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rngs = torch.load(killed / "checkpoints" / "last" / checkpoint.TRAIN_STATE,
+                      weights_only=True)["rng"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
 
 
 def test_eval_reports_a_corrupt_image_by_name(trained, tmp_path, capsys):

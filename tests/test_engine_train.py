@@ -72,10 +72,23 @@ def test_resume_after_kill_equals_uninterrupted_run(data, tmp_path, monkeypatch)
     assert state_a["optimizer"]["state"].keys() == state_b["optimizer"]["state"].keys()
     for k, v in state_a["optimizer"]["state"].items():
         assert torch.equal(v["exp_avg"], state_b["optimizer"]["state"][k]["exp_avg"])
-    # The log reads as one run: iterations 1..6 once each (the killed run logged 4).
+    # The log reads as one run: iterations 1..6 once each (the killed run logged 4), in
+    # metrics.jsonl and in TensorBoard, the checkpoint's iteration 3 included.
     log = tmp_path / "killed" / "metrics.jsonl"
-    logged = [json.loads(line)["iteration"] for line in log.open()]
-    assert logged == [1, 2, 3, 4, 5, 6]
+    lines = [json.loads(line) for line in log.open()]
+    assert [line["iteration"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert tensorboard_steps(tmp_path / "killed", "train/loss") == [1, 2, 3, 4, 5, 6]
+    # Each line logs the rate its step used: linear decay from 1e-2, 1e-2 / 6 at the last.
+    lrs = [line["train"]["lr"] for line in lines]
+    assert lrs == pytest.approx([1e-2 * (6 - i) / 6 for i in range(6)])
+
+
+def tensorboard_steps(run_dir, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))  # all files, purges applied
+    accumulator.Reload()
+    return [event.step for event in accumulator.Scalars(tag)]
 
 
 def test_resume_without_checkpoint_starts_fresh_and_rerun_needs_resume(data, tmp_path):
@@ -157,6 +170,23 @@ def test_cli_train_from_saved_config_json(data, tmp_path):
     args = ["train", str(run / "config.json"), "train.epochs=2", "--out", str(again)]
     assert main(args + ["--no-progress"]) == 0
     assert checkpoint.read_meta(again / "checkpoints" / "last")["iteration"] == 4
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("batch_size", 2.0, "train.batch_size: expected int, got 2.0"),
+    ("lr", "0.01", "train.lr: expected float, got '0.01'"),
+    ("checkpoint_every", True, "train.checkpoint_every: expected int, got True"),
+])
+def test_a_config_json_is_type_checked_as_overrides_are(data, tmp_path, capsys, key, value,
+                                                        message):
+    run = tmp_path / "run"
+    assert main(["train", "tinyfilm-test", f"data.root={data}", f"data.images={data / 'images'}",
+                 "data.val_split=", "train.epochs=1", "--out", str(run), "--no-progress"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    saved["train"][key] = value
+    (tmp_path / "edited.json").write_text(json.dumps(saved))
+    code = main(["train", str(tmp_path / "edited.json"), "--out", str(tmp_path / "again")])
+    assert code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["adamw", "adam"])

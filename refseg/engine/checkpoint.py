@@ -152,9 +152,9 @@ class CheckpointDir:
         """`write_checkpoint` into ``iter_<iteration>``, then move ``last`` (and ``best``)."""
         name = self.name(iteration)
         path = write_checkpoint(self.root / name, iteration=iteration, **kwargs)
-        point_link(self.root / "last", name)
-        if best:
+        if best:  # before "last": a kill in between must not resume with a stale "best"
             point_link(self.root / "best", name)
+        point_link(self.root / "last", name)
         self._prune()
         return path
 
@@ -163,10 +163,15 @@ class CheckpointDir:
         return link if (link / CONFIG).exists() else None
 
     def _prune(self) -> None:
+        """Remove every checkpoint but ``last`` and ``best``, and what a killed save left
+        (``.iter_*.tmp`` and ``.iter_*.old`` directories, ``.*.link`` files)."""
         links = [self.root / name for name in ("last", "best")]
         keep = {os.readlink(link) for link in links if link.is_symlink()}
         for entry in self.root.iterdir():
-            if entry.name.startswith("iter_") and entry.name not in keep:
+            stale = entry.name.startswith(".") and entry.name.endswith((".tmp", ".old", ".link"))
+            if stale and not entry.is_dir():
+                entry.unlink(missing_ok=True)
+            elif stale or (entry.name.startswith("iter_") and entry.name not in keep):
                 shutil.rmtree(entry, ignore_errors=True)
 
 

@@ -53,7 +53,11 @@ class RunLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_from)
+            self._writer = SummaryWriter(
+                str(Path(run_dir) / "tensorboard"),
+                # drop what a killed run wrote after the checkpoint, keep the checkpoint's step
+                purge_step=None if resume_from is None else resume_from + 1,
+            )
 
     def write(self, iteration: int, epoch: int, section: str, values: dict[str, float]) -> None:
         entry = {"iteration": iteration, "epoch": epoch, section: values}

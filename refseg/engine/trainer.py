@@ -177,6 +177,8 @@ class Trainer:
         seed_everything(config.train.seed)
         self._build_model(resume_from)
         self._build_optimisation()
+        if ctx.distributed:  # one initialisation, then a stream of its own per rank (dropout)
+            seed_everything(config.train.seed + ctx.rank)
         self.data = RefSegData(self.train_set, config.data.image_size, nsc=self._nsc())
         self.collate = Collate(self.tokenizer, self.train_set.source)
         self.iteration = self.epoch = self.position = 0
@@ -287,9 +289,14 @@ class Trainer:
         self.iteration = state["iteration"]
         self.epoch, self.position = state["epoch"], state["position"]
         self.best = state.get("best")
-        checkpoint.restore_rng(state["rng"])
+        rng = state["rng"]
+        if isinstance(rng, list):  # one state per rank (older checkpoints hold one dict)
+            rng = rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0]
+        checkpoint.restore_rng(rng)
 
-    def _train_state(self) -> dict:
+    def _train_state(self, rng: list[dict]) -> dict:
+        """What `--resume` restores; ``rng``: every rank's generator states, in rank order
+        (the ranks' streams differ: each draws points for its own batch's masks)."""
         return {
             "iteration": self.iteration,
             "epoch": self.epoch,
@@ -298,7 +305,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "best": self.best,
-            "rng": checkpoint.capture_rng(),
+            "rng": rng,
         }
 
     # ------------------------------------------------------------------------ loop
@@ -331,6 +338,7 @@ class Trainer:
             raise self._nonfinite("gradient norm", losses, batch.sent_ids)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.scheduler.step()
         return {k: v.detach().float() for k, v in losses.items()}, over
 
@@ -414,7 +422,7 @@ class Trainer:
         return TrainResult(self.run_dir, self.iteration, self.checkpoints.last(), metrics, stopped)
 
     def _log_train(self, values: dict[str, float], bar) -> None:
-        values["lr"] = self.optimizer.param_groups[0]["lr"]
+        values["lr"] = self.step_lr
         if self.log is not None:
             self.log.write(self.iteration, self.epoch, "train", values)
         loss = values.get("loss", float("nan"))
@@ -436,7 +444,7 @@ class Trainer:
             progress=self.progress,
         )
         if not self.ctx.is_main:
-            return None, False
+            return None, distributed.broadcast_object(None)  # rank 0's verdict
         metrics = score(self.val_set, predictions)
         values = numbers(metrics)
         self.log.write(self.iteration, self.epoch, "val", values)
@@ -447,9 +455,11 @@ class Trainer:
         improved = value is not None and (self.best is None or value > self.best)
         if improved:
             self.best = value
-        return metrics, improved
+        return metrics, distributed.broadcast_object(improved)  # every rank saves alike
 
     def save(self, *, best: bool) -> None:
+        """Write a checkpoint (rank 0); every rank calls it, to hand in its RNG state."""
+        rng = distributed.all_gather_object(checkpoint.capture_rng())
         if self.ctx.is_main:
             self.checkpoints.save(
                 self.iteration,
@@ -458,7 +468,7 @@ class Trainer:
                 config=self.config,
                 tokenizer=self.tokenizer,
                 thresholds=self.thresholds,
-                train_state=self._train_state(),
+                train_state=self._train_state(rng),
             )
 
 
