@@ -154,3 +154,18 @@ def test_to_result_thresholds_boxes_and_no_target():
     assert nothing.no_target and not nothing.mask.any() and nothing.instances == []
     strict = to_result(decision, 4, 4, Thresholds(mask=0.95))
     assert not strict.mask.any()
+
+
+def test_a_union_mask_is_exactly_the_union_of_the_instance_masks_at_the_image_size():
+    # Resizing the max of two logit maps covers more than the max of the resized maps
+    # (interpolation of a maximum is at least the maximum of interpolations): DeRIS's mask
+    # is the OR of its instance masks, as the released evaluation computes it.
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 6) * 3
+    union = logits.max(dim=0).values
+    plain = to_result(Decision(False, 0.1, union, logits, torch.ones(3)), 23, 17, Thresholds())
+    exact = to_result(Decision(False, 0.1, union, logits, torch.ones(3), mask_is_union=True),
+                      23, 17, Thresholds())
+    instances = np.any([inst.mask for inst in exact.instances], axis=0)
+    np.testing.assert_array_equal(exact.mask, instances)
+    assert plain.mask.sum() > exact.mask.sum()  # the resized maximum spills over

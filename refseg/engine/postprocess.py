@@ -39,15 +39,21 @@ def upsample_logits(logits: torch.Tensor, height: int, width: int) -> torch.Tens
 def to_result(decision: Decision, height: int, width: int, thresholds: Thresholds) -> RefResult:
     """One sample's `Decision` -> `RefResult` at ``height`` x ``width``.
 
-    A no-target decision has an empty mask and no instances. Boxes come from the model
-    (normalised xyxy, scaled to pixels) or, when it gives none, from the instance masks
-    (tight, COCO convention); then an instance whose mask is empty is dropped.
+    A no-target decision has an empty mask and no instances. The mask is the resized
+    ``mask_logits``, or the union of the instance masks when ``mask_is_union``. Boxes come
+    from the model (normalised xyxy, scaled to pixels) or, when it gives none, from the
+    instance masks (tight, COCO convention); then an instance whose mask is empty is
+    dropped.
     """
     if decision.no_target:
         return RefResult(True, decision.no_target_score, np.zeros((height, width), bool), [])
-    merged = upsample_logits(decision.mask_logits[None], height, width)[0] >= thresholds.mask
     inst = upsample_logits(decision.instance_logits, height, width) >= thresholds.mask
     inst_masks = inst.cpu().numpy()
+    if decision.mask_is_union:  # exactly the union of the instance masks at this size
+        merged = inst_masks.any(axis=0) if len(inst_masks) else np.zeros((height, width), bool)
+    else:
+        merged = (upsample_logits(decision.mask_logits[None], height, width)[0]
+                  >= thresholds.mask).cpu().numpy()
     scores = decision.instance_scores.detach().float().cpu().tolist()
     if decision.instance_boxes is not None:
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
@@ -61,4 +67,4 @@ def to_result(decision: Decision, height: int, width: int, thresholds: Threshold
         Instance(box=tuple(float(v) for v in boxes[k]), score=float(scores[k]), mask=inst_masks[k])
         for k in kept
     ]
-    return RefResult(False, decision.no_target_score, merged.cpu().numpy(), instances)
+    return RefResult(False, decision.no_target_score, merged, instances)

@@ -40,6 +40,8 @@ class Decision:
         instance_logits: (K, S', S') mask logits of the kept instances.
         instance_scores: (K,) their scores.
         instance_boxes: (K, 4) normalised xyxy boxes, or None (derived from masks).
+        mask_is_union: the mask is the union of the instances' masks (DeRIS): at the
+            image's size it is then their union there, not a resize of ``mask_logits``.
     """
 
     no_target: bool
@@ -48,6 +50,7 @@ class Decision:
     instance_logits: torch.Tensor
     instance_scores: torch.Tensor
     instance_boxes: torch.Tensor | None = None
+    mask_is_union: bool = False
 
 
 class RefSegModel(nn.Module):

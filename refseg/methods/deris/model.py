@@ -179,6 +179,7 @@ class Deris(RefSegModel):
                 mask_logits=union_logits(logits[None], keep[None])[0],
                 instance_logits=logits[keep],
                 instance_scores=scores[keep],
+                mask_is_union=True,  # as the released evaluation: the OR of the kept masks
             ))
         return decisions
 
