@@ -11,6 +11,7 @@ the `nn.Module`. Thresholds are those saved in the checkpoint unless overridden 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,10 +23,17 @@ from refseg.errors import ConfigError, DataError
 from refseg.modeling.base import Thresholds
 
 
-def merge_thresholds(base: Thresholds, override: Thresholds | dict | None) -> Thresholds:
-    """``base`` with the fields of ``override`` (a `Thresholds` or a partial dict) applied."""
+def merge_thresholds(base: Thresholds, override: Thresholds | dict | None,
+                     used: Sequence[str] | None = None) -> Thresholds:
+    """``base`` with the fields of ``override`` (a `Thresholds` or a partial dict) applied;
+    a key the model does not read (not in ``used``, its ``threshold_keys``) is applied with
+    a warning, since it changes nothing."""
     if override is None:
         return base
+    if used is not None and isinstance(override, dict):
+        for key in sorted(set(override) - set(used)):
+            warnings.warn(f"thresholds: this model does not use the {key!r} threshold "
+                          f"(it reads {', '.join(used)}); the override changes nothing")
     if isinstance(override, Thresholds):
         return override
     known = {f.name for f in dataclasses.fields(Thresholds)}
@@ -111,7 +119,7 @@ class Predictor:
             raise DataError(f"predict_batch: {len(images)} images but {len(sentences)} sentences")
         from refseg.modeling.text.tokenizers import check_sentence
 
-        chosen = merge_thresholds(self.thresholds, thresholds)
+        chosen = merge_thresholds(self.thresholds, thresholds, self.model.threshold_keys)
         for k, sentence in enumerate(sentences):
             check_sentence(sentence, k)  # before any image is read
         results = []

@@ -290,3 +290,17 @@ def test_overlays_of_tall_narrow_pictures_stay_small(predictor):
     tall = np.zeros((400, 2, 3), np.uint8)
     picture = overlay(tall, predictor.predict(tall, SENTENCE), SENTENCE)
     assert picture.height <= MAX_ZOOMED_SIDE + 200 and picture.width < 400
+
+
+def test_an_override_the_model_does_not_read_warns():
+    from refseg.methods.deris.model import Deris
+    from refseg.predictor import merge_thresholds
+
+    assert "no_target" not in Deris.threshold_keys  # no-target iff no instance passes
+    with pytest.warns(UserWarning, match="does not use the 'no_target' threshold"):
+        chosen = merge_thresholds(Thresholds(), {"no_target": 0.2, "mask": 0.4},
+                                  Deris.threshold_keys)
+    assert chosen == Thresholds(no_target=0.2, mask=0.4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        merge_thresholds(Thresholds(), {"no_target": 0.2}, ("no_target", "instance", "mask"))

@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.image).is_dir()
     check_outputs(images, args.out, overlay=not args.no_overlay)
     predictor = load(args.checkpoint, device=args.device)
-    thresholds = merge_thresholds(predictor.thresholds, overrides)
+    thresholds = merge_thresholds(predictor.thresholds, overrides,
+                                  predictor.model.threshold_keys)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0

@@ -59,7 +59,12 @@ class RefSegModel(nn.Module):
     Subclasses implement `forward` (raw outputs, whatever the method needs for its loss),
     `loss` and `infer`; `decide` applies the thresholds and may be overridden where a
     paper decides differently (e.g. DeRIS: no-target iff no instance passes).
+
+    Attributes:
+        threshold_keys: the `Thresholds` fields `decide` and the post-processing read.
     """
+
+    threshold_keys: tuple[str, ...] = ("no_target", "instance", "mask")
 
     def forward(self, batch: Batch):  # pragma: no cover - abstract
         raise NotImplementedError

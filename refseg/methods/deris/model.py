@@ -163,6 +163,8 @@ class Deris(RefSegModel):
             instance_scores=scores,
         )
 
+    threshold_keys = ("instance", "mask")  # no-target iff no instance passes
+
     def decide(self, inference: Inference, thresholds: Thresholds) -> list[Decision]:
         """DeRIS's rule: keep the instances whose refer probability exceeds the instance
         threshold; the mask is the union of their masks; no target iff none is kept.
