@@ -84,9 +84,13 @@ class LossMeter:
         self.count += 1
 
     def flush(self, batch_size: int) -> dict[str, float]:
-        """Mean of each term, and ``samples_per_s`` for a global batch of ``batch_size``."""
+        """Mean of each term over the steps and, under torchrun, over the ranks (every rank
+        calls it); ``samples_per_s`` for a global batch of ``batch_size``."""
         now = time.monotonic()
-        values = {k: float(v) / self.count for k, v in self.sums.items()}
+        keys = sorted(self.sums)
+        sums = [torch.as_tensor(self.sums[k], dtype=torch.float32) for k in keys]
+        means = distributed.mean_over_ranks(torch.stack(sums)).tolist() if keys else []
+        values = {k: v / max(self.count, 1) for k, v in zip(keys, means)}
         values["samples_per_s"] = self.count * batch_size / max(now - self.tick, 1e-9)
         self.sums, self.count, self.tick = {}, 0, now
         return values
