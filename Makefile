@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: install test test-slow demo bench clean
@@ -10,8 +11,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# The CPU build of torch; an unpinned torch pulls gigabytes of CUDA packages.
-	$(PY) -m pip install --quiet "torch==2.13.0"
+	# torch 2.13.0: the CPU build where pip finds a local CPU wheel; elsewhere PyPI's Linux
+	# wheel is the CUDA one, so pass TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu".
+	$(PY) -m pip install --quiet "torch==2.13.0" $(TORCH_PIP_ARGS)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
@@ -24,6 +26,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 demo: $(STAMP)
+	rm -rf runs/demo  # each `make demo` starts afresh
 	$(VENV)/bin/refseg demo --out runs/demo
 
 clean:

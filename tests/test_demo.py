@@ -4,11 +4,14 @@ baselines, and the benchmark drawn at the model's input side."""
 from __future__ import annotations
 
 import json
+import shutil
 
+import pytest
 from PIL import Image
 
 from refseg.cli import main
 from refseg.demo.pipeline import DemoOptions, DemoReport, run_demo
+from refseg.errors import ConfigError
 
 FAST = ["train.max_iters=2", "train.batch_size=2", "train.eval_max_samples=4",
         "train.checkpoint_every=2"]
@@ -32,6 +35,11 @@ def test_demo_writes_every_file_and_scores_beside_the_baselines(tmp_path):
     # The benchmark is drawn at the network's input side (instalign-tiny: 64 px).
     image = next((out / "synth" / "images").glob("*.png"))
     assert Image.open(image).size == (64, 64)
+    # A second demo into the same folder is refused at once, before generating data.
+    shutil.rmtree(out / "synth")
+    with pytest.raises(ConfigError, match="holds the model of an earlier demo"):
+        run_demo(DemoOptions(out=str(out), images=8, overrides=FAST, progress=False))
+    assert not (out / "synth").exists()
 
 
 def test_demo_check_flag_fails_when_the_baselines_are_not_beaten(tmp_path, capsys):

@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from refseg.errors import ConfigError
+
 # The GRES numbers the report compares (all "higher is better").
 GRES_KEYS = ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.8", "Pr@0.9")
 # The metrics the verdict compares: GRES's headline four. Pr@X is shown but not judged:
@@ -97,6 +99,9 @@ def run_demo(options: DemoOptions) -> DemoReport:
     data_dir = out / "synth"
     say = _printer()
     config = build_config(options, data_dir)
+    if (out / "run" / "checkpoints").exists():  # before minutes of generating data
+        raise ConfigError(f"{out / 'run'}: holds the model of an earlier demo; remove it "
+                          f"(rm -r {out}) or give another --out")
     # Images at the network's input side by default: scoring at the original size then
     # measures the model, not the upsampling of its stride-4 masks to a larger image.
     size = options.size or config.data.image_size
