@@ -150,10 +150,11 @@ def _printer():
 
 
 def _load_predictor(result):
+    """The final model: the report is on val, so it must not be the checkpoint that val
+    (a subset of it, at each validation) selected as best."""
     from refseg.predictor import load
 
-    best = result.run_dir / "checkpoints" / "best"
-    return load(best if best.exists() else result.checkpoint, device="cpu")
+    return load(result.checkpoint, device="cpu")
 
 
 def _predict(predictor, dataset, progress: bool):
