@@ -99,6 +99,15 @@ def test_resume_without_checkpoint_starts_fresh_and_rerun_needs_resume(data, tmp
         train(config, tmp_path / "run", progress=False)
 
 
+def test_resuming_a_finished_run_does_nothing_and_logs_nothing(data, tmp_path):
+    config = run_config(data, "train.epochs=1")
+    train(config, tmp_path / "run", progress=False)
+    log = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = train(config, tmp_path / "run", resume=True, progress=False)
+    assert again.iteration == 2 and again.metrics is None
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == log  # no second validation
+
+
 def test_resume_refuses_a_changed_config_but_allows_budget_keys(data, tmp_path):
     train(run_config(data, "data.val_split=", "train.epochs=1"), tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match=r"train\.lr"):
@@ -235,6 +244,9 @@ def test_lr_schedules_hand_computed():
     [
         ("train.amp=fp32", "train.amp=fp32: expected none, bf16 or fp16"),
         ("train.checkpoint_every=0", "train.checkpoint_every=0: must be >= 1"),
+        ("train.max_iters=-5", "train.max_iters=-5: must be >= 0"),
+        ("train.epochs=0", "train.epochs=0: must be >= 1"),
+        ("train.lr=0", "train.lr=0.0: must be > 0"),
         ("data.root=", "data.root is not set"),
         ("data.val_split=dev", "no split 'dev' (has train, val, testA, testB)"),
     ],

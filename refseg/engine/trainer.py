@@ -219,9 +219,15 @@ class Trainer:
                 f"train.batch_size={cfg.batch_size}: must be a multiple of the "
                 f"{self.ctx.world_size} processes"
             )
-        for key in ("checkpoint_every", "log_every"):
+        for key in ("checkpoint_every", "log_every", "epochs"):
             if getattr(cfg, key) < 1:
                 raise ConfigError(f"train.{key}={getattr(cfg, key)}: must be >= 1")
+        for key in ("max_iters", "warmup_iters", "eval_every", "eval_max_samples",
+                    "max_minutes", "grad_clip", "weight_decay"):
+            if getattr(cfg, key) < 0:
+                raise ConfigError(f"train.{key}={getattr(cfg, key)}: must be >= 0")
+        if not cfg.lr > 0:
+            raise ConfigError(f"train.lr={cfg.lr}: must be > 0")
 
     def _build_model(self, resume_from: Path | None) -> None:
         """Tokenizer and model: fresh, or those of the checkpoint a resumed run continues."""
@@ -387,7 +393,8 @@ class Trainer:
         meter = LossMeter()
         metrics, stopped = None, "done"
         saved_at = self.iteration if self.iteration else -1  # a resumed run starts saved
-        evaluated_at = -1
+        # A finished run that is resumed has nothing to do: it validated when it finished.
+        evaluated_at = self.iteration if self.iteration >= self.total_iters else -1
         batches = self.batches_from_position() if self.iteration < self.total_iters else ()
         try:
             for batch, _ in batches:
