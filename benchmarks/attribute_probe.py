@@ -93,6 +93,28 @@ def probe(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, test: torch.Ten
     return float((linear(x[test]).argmax(1) == y[test]).float().mean())
 
 
+def reinitialise(model: torch.nn.Module) -> None:
+    """Every weight drawn afresh (the control): each module's own initialisation, then the
+    parameters no ``reset_parameters`` reaches (attention in-projections, Swin's
+    position-bias tables, bare parameters) from N(0, 0.02) or zero (biases, 1-d)."""
+    torch.manual_seed(0)
+    reached = set()
+    for module in model.modules():
+        reset = getattr(module, "reset_parameters", None) or getattr(
+            module, "_reset_parameters", None)
+        if reset is not None:
+            reset()
+            reached.update(id(p) for p in module.parameters(recurse=False))
+    with torch.no_grad():
+        for param in model.parameters():
+            if id(param) in reached:
+                continue
+            if param.dim() > 1:
+                param.normal_(0.0, 0.02)
+            else:
+                param.zero_()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -104,8 +126,7 @@ def main() -> None:
     predictor = refseg.load(args.checkpoint, device="cpu")
     model, tokenizer = predictor.model.eval(), predictor.tokenizer
     if args.random:
-        torch.manual_seed(0)
-        model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+        reinitialise(model)
     feats, labels = {"pixel": [], "query": []}, {k: [] for k in ATTRIBUTES}
     for split in ("train", "val"):
         f, lab = collect(model, tokenizer, args.data, args.cache, split,

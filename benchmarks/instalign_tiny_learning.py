@@ -10,10 +10,15 @@ Overrides are the usual ``model.*`` / ``train.*`` / ``data.*`` keys (e.g.
 ``data.image_size=64 train.batch_size=8``); ``train.max_iters`` caps the steps.
 
 Figures (val, network resolution S x S, thresholds 0.5): gIoU, cIoU, N-acc, T-acc as the
-gRefCOCO rules define them, and
-- ``oracle``: mean IoU of the best query for each referent (instance mask quality);
-- ``select``: share of referents whose best query is among the top-relevance queries
-  (does relevance pick the right instances?);
+gRefCOCO rules define them (one difference from ``refseg eval``: a target sentence the
+model calls no-target keeps its merged mask in cIoU's sums, where ``refseg eval`` empties
+it; kept so that every round of docs/instalign-tiny.md reads alike), and
+- ``oracle``: mean IoU of the best query for each referent (instance mask quality), a
+  mean over sentences of their referents' mean;
+- ``select``: of the k referents, the share of the k most relevant queries that are some
+  referent's best query, a mean over sentences (does relevance pick the right instances?
+  a query that is the best for two referents counts once: one mask over two objects
+  falls short);
 - ``p_max t/nt``: mean highest relevance on target / no-target sentences;
 - ``z t/nt``: mean no-target probability on target / no-target sentences;
 - ``z auc``: how well that probability separates the two kinds, whatever the threshold
@@ -46,8 +51,15 @@ from refseg.modeling.contracts import Batch, Targets
 
 
 def load_split_tensors(data: Path, split: str, size: int, cache: Path) -> dict:
-    """Images (normalised, float16), sentences, instance masks and no-target flags."""
-    file = cache / f"{data.name}_{split}_{size}.pt"
+    """Images (normalised, float16), sentences, instance masks and no-target flags,
+    cached per data folder (its resolved path and the refs file's time stamp: a benchmark
+    drawn again into the same folder is read afresh)."""
+    import hashlib
+
+    refs = data / "grefs(unc).json"
+    stamp = f"{data.resolve()}:{refs.stat().st_mtime_ns if refs.exists() else 0}"
+    key = hashlib.sha1(stamp.encode()).hexdigest()[:12]
+    file = cache / f"{data.name}_{key}_{split}_{size}.pt"
     if file.exists():
         return torch.load(file, weights_only=True)
     from refseg.data.load import load_split

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import resource
+import statistics
 import time
 
 SENTENCES = ["the two red squares on the left", "all circles", "the green star",
@@ -107,7 +108,21 @@ def measure(name, overrides, mode, batch, reps, device_name, amp, queue):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((params, sorted(times)[len(times) // 2], peak))
+    queue.put((params, statistics.median(times), peak))
+
+
+def _result(queue, proc):
+    """The child's figures; exits with its status if it dies first (an error, or killed for
+    memory) instead of waiting for ever."""
+    import queue as queues
+    import sys
+
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except queues.Empty:
+            if not proc.is_alive() and queue.empty():
+                sys.exit(f"model_speed: the measuring process ended with status {proc.exitcode}")
 
 
 def main() -> None:
@@ -132,7 +147,7 @@ def main() -> None:
             proc = ctx.Process(target=measure, args=(args.config, args.overrides, mode, batch,
                                                      args.reps, args.device, args.amp, queue))
             proc.start()
-            params, seconds, peak = queue.get()
+            params, seconds, peak = _result(queue, proc)
             proc.join()
             print(f"{mode:<8}{batch:>6}{seconds:>10.3f}{1000 * seconds / batch:>14.1f}"
                   f"{peak:>10.0f}", flush=True)
