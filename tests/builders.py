@@ -229,3 +229,25 @@ def tiny_benchmark(fmt: str, folder: Path, *, refs_name: str | None = None) -> P
     write_instances(folder, IMAGES, annotations())
     write_refs(folder / (refs_name or REFS_NAME[fmt]), _refs(fmt))
     return folder
+
+
+def open_zero_initialised_paths(model) -> None:
+    """Emulate a first update of the weights that start at zero on purpose (Deformable
+    DETR's query -> offsets / weights matrices, LAVT's gate output), so that a gradient
+    check can demand a non-zero gradient of every parameter behind them."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            for name in ("sampling_offsets", "attention_weights"):
+                if hasattr(module, name) and hasattr(getattr(module, name), "weight"):
+                    getattr(module, name).weight.normal_(0, 0.01)
+            gate = getattr(module, "gate", None)
+            if isinstance(gate, torch.nn.Sequential) and len(gate) == 4:
+                gate[2].weight.normal_(0, 0.01)
+
+
+def without_gradient(model) -> list[str]:
+    """Trainable parameters whose gradient is missing or exactly zero."""
+    return [n for n, p in model.named_parameters()
+            if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]

@@ -4,11 +4,12 @@ rule, parameter groups, registry, configs and tokenizers."""
 
 import pytest
 import torch
+from builders import open_zero_initialised_paths, without_gradient
 from test_beit3 import spm_path  # noqa: F401  (a sentencepiece model trained in the test)
 
 from refseg.config import apply_overrides, from_dict, to_dict
 from refseg.errors import ConfigError
-from refseg.methods.deris.cognition import mask_pooled_position, refer_probability
+from refseg.methods.deris.cognition import REFERENT, mask_pooled_position, refer_probability
 from refseg.methods.deris.config import deris_b, deris_l, deris_tiny
 from refseg.methods.deris.criterion import Round
 from refseg.methods.deris.model import build_deris, build_tokenizer, load_tokenizer
@@ -54,13 +55,14 @@ def make_batch(tokenizer, counts=(1, 3, 0, 2)) -> Batch:
 
 def test_forward_backward_every_parameter_gets_a_gradient():
     model, tok = build()
+    open_zero_initialised_paths(model)  # else a few start with an exactly zero gradient
     batch = make_batch(tok)  # one, many, none and two targets in one batch
     outputs = model(batch)
     losses = model.loss(outputs, batch)
     assert set(losses) == {"refer", "mask", "dice", "existence", "loss"}
     assert all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    missing = without_gradient(model)  # none, nor a gradient that is exactly zero
     assert not missing, missing
     cfg = model.config
     assert len(outputs.rounds) == cfg.rounds + 1
@@ -113,6 +115,17 @@ def test_loss_weights_aux_rounds_and_no_object_class():
     got = crit.round_losses(Round(logits, torch.zeros(1, 2, 8, 8)), empty)["refer"]
     ce = -torch.log_softmax(logits[0], -1)[:, 1]
     torch.testing.assert_close(got, ce.mean())  # equal weights 0.1 cancel in the mean
+    # one referent, matched to query 0 (its mask covers it): CE weighted 1 for the matched
+    # query and 0.1 for the other, a weighted mean (PyTorch's, as the released criterion)
+    target = torch.zeros(1, 8, 8)
+    target[0, 2:6, 2:6] = 1.0
+    masks = torch.full((1, 2, 8, 8), -10.0)
+    masks[0, 0, 2:6, 2:6] = 10.0
+    one = [Targets(target, torch.tensor([[0.25, 0.25, 0.75, 0.75]]), False)]
+    got = crit.round_losses(Round(logits, masks), one)["refer"]
+    log_p = torch.log_softmax(logits[0], -1)
+    expected = (-log_p[0, REFERENT] - 0.1 * log_p[1, 1 - REFERENT]) / 1.1
+    torch.testing.assert_close(got, expected)
 
 
 def test_matched_query_is_the_one_covering_the_target():

@@ -115,6 +115,12 @@ def test_nsc_hook_converts_per_epoch_and_index_deterministically(train_split):
     assert item.targets.no_target and item.targets.masks.shape[0] == 0
     assert item.sentence != train_split.samples[index].sentence
     assert data[index].sentence == item.sentence  # same (epoch, index), same sentence
+    positives = [i for i, s in enumerate(train_split.samples) if s.ann_ids]
+    first = [data[i].sentence for i in positives]
+    data.set_epoch(1)  # another epoch draws other sentences
+    assert [data[i].sentence for i in positives] != first
+    data.set_epoch(0)
+    assert [data[i].sentence for i in positives] == first
     off = RefSegData(train_split, 16)
     assert off[index].sentence == train_split.samples[index].sentence
 

@@ -99,6 +99,21 @@ def test_resume_without_checkpoint_starts_fresh_and_rerun_needs_resume(data, tmp
         train(config, tmp_path / "run", progress=False)
 
 
+def test_best_points_to_the_highest_validation_and_last_to_the_end(data, tmp_path,
+                                                                  monkeypatch):
+    import refseg.engine.trainer as trainer
+
+    curve = iter([10.0, 30.0, 20.0])  # gIoU at iterations 2, 4 and 6: best at 4
+    monkeypatch.setattr(trainer, "score", lambda *a, **k: {"gIoU": next(curve)})
+    run = tmp_path / "run"
+    train(run_config(data, "train.eval_every=2", "train.checkpoint_every=2"), run,
+          progress=False)
+    assert checkpoint.read_meta(run / "checkpoints" / "best")["iteration"] == 4
+    assert checkpoint.read_meta(run / "checkpoints" / "last")["iteration"] == 6
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("iter_"))
+    assert kept == ["iter_0000004", "iter_0000006"]
+
+
 def test_resuming_a_finished_run_does_nothing_and_logs_nothing(data, tmp_path):
     config = run_config(data, "train.epochs=1")
     train(config, tmp_path / "run", progress=False)

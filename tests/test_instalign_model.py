@@ -3,10 +3,14 @@ losses on empty / one / many targets, inference, parameter groups, registry and 
 
 import pytest
 import torch
+from builders import open_zero_initialised_paths, without_gradient
 
 from refseg.config import apply_overrides, from_dict, to_dict
 from refseg.errors import ConfigError
+from refseg.methods.instalign.aggregation import FixedSelection
 from refseg.methods.instalign.config import InstAlignConfig, instalign_swin_b, instalign_tiny
+from refseg.methods.instalign.fusion import TextAgnosticBackbone
+from refseg.methods.instalign.heads import QueryMean, RelevancePooled, SentenceOnly
 from refseg.methods.instalign.model import build_instalign, build_tokenizer
 from refseg.methods.registry import get_method, variant
 from refseg.modeling.contracts import Batch, Targets
@@ -59,6 +63,7 @@ def make_batch(tokenizer, counts=(1, 3, 0, 2)) -> Batch:
 
 def test_forward_backward_every_parameter_gets_a_gradient():
     model, tok = build()
+    open_zero_initialised_paths(model)  # else a few start with an exactly zero gradient
     batch = make_batch(tok)  # one, many, none and two targets in one batch
     outputs = model(batch)
     losses = model.loss(outputs, batch)
@@ -66,7 +71,7 @@ def test_forward_backward_every_parameter_gets_a_gradient():
                            "merged_dice", "no_target"}
     assert all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    missing = without_gradient(model)  # none, nor a gradient that is exactly zero
     assert not missing, missing
     stages = outputs.stages
     assert len(stages) == model.config.decoder_layers + 1
@@ -131,6 +136,23 @@ def test_every_ablation_switch_runs_forward_and_backward(override):
         assert "poa" not in losses and "ins" in losses
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    # the switch built what it names (and the default build does not)
+    built = SWITCHED.get(override)
+    if built is not None:
+        assert built(model) and not built(build()[0]), override
+
+
+SWITCHED = {
+    "model.aggregation=fixed": lambda m: isinstance(m.aggregation, FixedSelection),
+    "model.aggregation=ia_no_prelu":
+        lambda m: isinstance(getattr(m.aggregation, "activation", None), torch.nn.Identity),
+    "model.no_target_input=global": lambda m: isinstance(m.no_target.pooling, RelevancePooled),
+    "model.no_target_input=sentence": lambda m: isinstance(m.no_target.pooling, SentenceOnly),
+    "model.no_target_input=mean": lambda m: isinstance(m.no_target.pooling, QueryMean),
+    "model.num_queries=5": lambda m: m.decoder.query_feat.num_embeddings == 5,
+    "model.early_fusion=none": lambda m: isinstance(m.backbone, TextAgnosticBackbone),
+    "model.deep_supervision=false": lambda m: not m.instance_supervision.deep_supervision,
+}
 
 
 def test_open_language_gate_starts_shut_then_learns_and_reaches_deeper_stages():

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from refseg.errors import ConfigError
@@ -235,3 +236,8 @@ def test_no_target_loss_weighs_no_target_samples():
     # BCE at p = 0.5 is log 2 for both; the no-target one counts pos_weight times
     assert no_target_loss(z, [empty, one]).item() == pytest.approx(math.log(2))
     assert no_target_loss(z, [empty, one], pos_weight=3.0).item() == pytest.approx(2 * math.log(2))
+    # Unequal logits tell the labels apart: label 1 (no target) costs softplus(-z) and is
+    # the one weighted, label 0 costs softplus(z).
+    z = torch.tensor([2.0, -1.0])
+    expected = (3.0 * F.softplus(torch.tensor(-2.0)) + F.softplus(torch.tensor(-1.0))) / 2
+    assert no_target_loss(z, [empty, one], pos_weight=3.0).item() == pytest.approx(expected.item())

@@ -1,5 +1,7 @@
 """Learning: tiny models trained briefly on the synthetic benchmark beat the trivial
-baselines (all-empty, whole-image) by a clear margin on the sentences they trained on.
+baselines (all-empty, whole-image) by a clear margin on the sentences they trained on, and
+beat themselves given other samples' sentences (so they read the sentence: about 60 gIoU
+against 20 for instalign-tiny after 200 steps).
 
 The full-budget check (val split, issue floors) is the demo: `refseg demo`.
 """
@@ -40,6 +42,15 @@ def _train_and_score(name: str, tmp_path) -> tuple[dict, dict[str, dict]]:
                                 thresholds=predictor.thresholds,
                                 ctx=distributed.DistContext(), batch_size=32)
     baselines = {n: score(seen, make(seen)) for n, make in BASELINES.items()}
+    # The same model, each sample given the sentence of a sample of another image: what it
+    # scores without reading its own sentence.
+    others = seen.samples[7:] + seen.samples[:7]
+    swapped = [dataclasses.replace(s, sentence=o.sentence) for s, o in zip(seen.samples, others)]
+    blind = predict_split(predictor.model, predictor.tokenizer,
+                          dataclasses.replace(seen, samples=swapped), image_size=64,
+                          thresholds=predictor.thresholds, ctx=distributed.DistContext(),
+                          batch_size=32)
+    baselines["other sentences"] = score(seen, blind)
     return score(seen, predictions), baselines
 
 
@@ -48,4 +59,6 @@ def test_tiny_model_beats_trivial_baselines(name, tmp_path):
     model, baselines = _train_and_score(name, tmp_path)
     for key in ("gIoU", "cIoU"):
         best_baseline = max(b[key] for b in baselines.values())
-        assert model[key] > best_baseline + 10.0, (key, model[key], best_baseline)
+        assert model[key] > best_baseline + 10.0, (key, model[key], baselines)
+    # it refers: given other samples' sentences it does far worse on this ground truth
+    assert model["gIoU"] > baselines["other sentences"]["gIoU"] + 15.0, (model, baselines)

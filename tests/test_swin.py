@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from refseg.errors import CheckpointError, ConfigError
 from refseg.modeling.backbones.swin import (
@@ -94,14 +95,25 @@ def test_every_parameter_gets_a_gradient():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_grad_checkpoint_gives_same_gradients():
+def test_grad_checkpoint_gives_same_gradients(monkeypatch):
+    import refseg.modeling.backbones.swin as swin
+
+    calls = []
+
+    def counted(function, *args, **kwargs):
+        calls.append(function)
+        return checkpoint(function, *args, **kwargs)
+
+    monkeypatch.setattr(swin, "checkpoint", counted)
     torch.manual_seed(0)
     plain = swin_nano(drop_path_rate=0.0).train()
     ckpt = SwinBackbone(replace(plain.config, grad_checkpoint=True)).train()
     ckpt.load_state_dict(plain.state_dict())
     images = torch.randn(1, 3, 64, 64)
-    for model in (plain, ckpt):
-        sum(m.sum() for m in model(images)).backward()
+    sum(m.sum() for m in plain(images)).backward()
+    assert calls == []
+    sum(m.sum() for m in ckpt(images)).backward()
+    assert len(calls) == sum(plain.config.depths)  # every block recomputed in the backward
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
