@@ -174,6 +174,20 @@ def test_every_ablation_switch_runs_forward_and_backward(override):
         assert len(model.decoder.cognition_layers) == 1
     if override.startswith("model.synergy="):
         assert len(model.decoder.query_fusion) == 0
+    cognition = model.decoder.cognition_layers[0]
+    checks = {
+        "model.num_queries=3": lambda: outputs.rounds[-1].refer_logits.shape[1] == 3,
+        "model.deep_supervision=false": lambda: not model.criterion.deep_supervision,
+        "model.position_role=content": lambda: cognition.position_role == "content",
+        "model.mask_pool_norm=mask": lambda: cognition.pool_norm == "mask",
+        "model.existence_weight=0": lambda: torch.allclose(losses["loss"], sum(
+            model.criterion.weights[k] * losses[k] for k in ("refer", "mask", "dice"))),
+        "model.existence_at_test=true": lambda: torch.allclose(
+            model.infer(outputs).instance_scores,
+            refer_probability(outputs.rounds[-1].refer_logits)
+            * outputs.existence_logits.sigmoid()[:, None]),
+    }
+    assert checks.get(override, lambda: True)(), override
 
 
 def test_synergy_forms_decide_what_the_next_perception_layer_gets():
