@@ -29,7 +29,8 @@ def build_optimizer(param_groups: list[dict], cfg: TrainConfig) -> torch.optim.O
 def lr_factor(iteration: int, cfg: TrainConfig, total_iters: int, iters_per_epoch: int) -> float:
     """Multiplier of the base learning rate before optimiser step ``iteration`` (0-based).
 
-    ``linear`` decays to 0 at ``total_iters`` (InstAlign); ``step`` multiplies by
+    ``linear`` decays to 0 at ``total_iters`` (InstAlign; the last step, total_iters - 1, runs
+    at lr / total_iters, as detectron2's poly schedule of power 1); ``step`` multiplies by
     ``lr_gamma`` at each epoch in ``lr_steps``; ``constant`` keeps it. A linear warm-up
     over ``warmup_iters`` multiplies any of them.
     """
