@@ -85,7 +85,7 @@ def test_checkpoint_dir_keeps_last_and_best_only(parts, tmp_path):
     # What a save killed half-way leaves behind goes with the next save.
     (tmp_path / "checkpoints" / ".iter_0000004.x1.tmp").mkdir()
     (tmp_path / "checkpoints" / ".iter_0000003.x2.old").mkdir()
-    (tmp_path / "checkpoints" / ".last.123.link").symlink_to("iter_0000003")
+    (tmp_path / "checkpoints" / ".last.123.link").symlink_to("iter_0000001")  # a live target
     ckpts.save(5, **common)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["best", "iter_0000001", "iter_0000005", "last"]

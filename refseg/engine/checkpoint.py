@@ -169,7 +169,7 @@ class CheckpointDir:
         keep = {os.readlink(link) for link in links if link.is_symlink()}
         for entry in self.root.iterdir():
             stale = entry.name.startswith(".") and entry.name.endswith((".tmp", ".old", ".link"))
-            if stale and not entry.is_dir():
+            if stale and (entry.is_symlink() or not entry.is_dir()):
                 entry.unlink(missing_ok=True)
             elif stale or (entry.name.startswith("iter_") and entry.name not in keep):
                 shutil.rmtree(entry, ignore_errors=True)

@@ -186,6 +186,7 @@ class Trainer:
         self.data = RefSegData(self.train_set, config.data.image_size, nsc=self._nsc())
         self.collate = Collate(self.tokenizer, self.train_set.source)
         self.iteration = self.epoch = self.position = 0
+        self.step_lr = 0.0  # the learning rate of the last step taken
         self.best = None  # best primary validation metric so far
         if resume_from is not None:
             self._restore(checkpoint.load_train_state(resume_from))
