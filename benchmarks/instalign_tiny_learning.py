@@ -71,8 +71,10 @@ def load_split_tensors(data: Path, split: str, size: int, cache: Path) -> dict:
            "sentences": [it.sentence for it in items],
            "masks": [it.targets.masks.bool() for it in items],
            "no_target": [it.targets.no_target for it in items]}
-    cache.mkdir(parents=True, exist_ok=True)
-    torch.save(out, file)
+    from refseg.io.atomic import atomic_path
+
+    with atomic_path(file) as tmp:  # two runs side by side may both write it
+        torch.save(out, tmp)
     return out
 
 
