@@ -1,6 +1,7 @@
 """InstAlign assembled: the tiny config forward/backward on CPU, every ablation switch,
 losses on empty / one / many targets, inference, parameter groups, registry and configs."""
 
+import numpy as np
 import pytest
 import torch
 from builders import open_zero_initialised_paths, without_gradient
@@ -293,3 +294,23 @@ def test_paper_model_has_the_reported_230m_parameters():
     assert total == pytest.approx(230e6, rel=0.005)
     swin = sum(p.numel() for p in model.backbone.backbone.parameters())
     assert swin == pytest.approx(86.9e6, rel=0.005)
+
+
+def test_fixed_selection_mask_follows_the_calls_instance_threshold():
+    from refseg.engine.postprocess import to_result
+    from refseg.modeling.base import Thresholds
+
+    model, tok = build("model.aggregation=fixed")
+    model.eval()
+    with torch.no_grad():
+        inference = model.infer(model(make_batch(tok)))
+    scores = inference.instance_scores[0]
+    low = float(scores.min()) - 1e-3  # keeps every instance of sample 0
+    for threshold in (low, 0.99):
+        (decision, *_) = model.decide(inference, Thresholds(no_target=1.0, instance=threshold))
+        result = to_result(decision, SIZE, SIZE, Thresholds(no_target=1.0, instance=threshold))
+        union = np.zeros((SIZE, SIZE), bool)
+        for inst in result.instances:
+            union |= inst.mask
+        np.testing.assert_array_equal(result.mask, union)
+    assert len(model.decide(inference, Thresholds(instance=low))[0].instance_scores) == len(scores)

@@ -10,6 +10,7 @@ H/W mask side (S / 4).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from refseg.errors import ConfigError
-from refseg.methods.instalign.aggregation import build_aggregation
+from refseg.methods.instalign.aggregation import FixedSelection, build_aggregation
 from refseg.methods.instalign.config import InstAlignConfig
 from refseg.methods.instalign.criterion import (
     Stage,
@@ -29,7 +30,7 @@ from refseg.methods.instalign.criterion import (
 from refseg.methods.instalign.fusion import LanguageAwareBackbone, TextAgnosticBackbone
 from refseg.methods.instalign.heads import RelevanceHead, build_no_target_predictor
 from refseg.methods.instalign.object_text import InstAlignDecoder, TextContext
-from refseg.modeling.base import RefSegModel
+from refseg.modeling.base import Decision, RefSegModel, Thresholds
 from refseg.modeling.contracts import Batch, Inference
 
 
@@ -118,6 +119,15 @@ class InstAlign(RefSegModel):
             instance_logits=last.mask_logits,
             instance_scores=last.relevance_logits.sigmoid(),
         )
+
+    def decide(self, inference: Inference, thresholds: Thresholds) -> list[Decision]:
+        """The default rule; with ``aggregation="fixed"`` (Table 3(b), row 1) the mask is
+        the union of the instances kept at *this call's* instance threshold (the module
+        selected at the threshold it was built with, for the merged-mask loss)."""
+        decisions = super().decide(inference, thresholds)
+        if isinstance(self.aggregation, FixedSelection):
+            decisions = [dataclasses.replace(d, mask_is_union=True) for d in decisions]
+        return decisions
 
     def param_groups(self, lr: float) -> list[dict]:
         """AdamW groups: the visual backbone's own weights at ``backbone_lr_factor`` x lr

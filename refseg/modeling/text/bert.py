@@ -6,7 +6,8 @@ report; or a small random-init BERT for offline runs (`bert_tiny`), paired with 
 `WordTokenizer` built from the training sentences.
 
 Sentence feature: BERT's pooled [CLS] (``tanh(W h_[CLS] + b)``, the pooler trained by
-next-sentence prediction), the sentence embedding ReLA and InstAlign's no-target head use.
+next-sentence prediction): the sentence embedding t_s refseg's InstAlign no-target head
+reads (ReLA drops the pooler and pools region features for its no-target head instead).
 
 Legend: B sentences, L tokens, C hidden width.
 """
