@@ -88,7 +88,7 @@ class InstAlignConfig:
     ins_weight: float = 1.0
     merged_weight: float = 1.0  # BCE of the merged mask
     merged_dice_weight: float = 0.0  # optional dice on the merged mask (not in the paper)
-    no_target_weight: float = 1.0
+    no_target_weight: float = 0.1  # ReLA: CE(mask) + 0.1 CE(minimap) + 0.1 CE(no-target)
     no_target_pos_weight: float = 1.0  # BCE weight of no-target samples in L_nt (1 = paper)
     # Learning-rate factors of the pretrained parts (Mask2Former/ReLA: Swin x0.1, BERT x1).
     backbone_lr_factor: float = 0.1
