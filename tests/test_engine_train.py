@@ -159,6 +159,26 @@ def test_nan_loss_stops_with_iteration_and_sent_ids_and_saves_nothing(data, tmp_
     assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
 
 
+def test_diverged_predictions_reaching_the_matcher_stop_as_a_non_finite_loss(data, tmp_path,
+                                                                            monkeypatch):
+    from refseg.modeling.matching import HungarianMatcher
+
+    original = TinyFilm.loss
+
+    def loss(self, outputs, batch):  # a matching method's loss, its predictions gone NaN
+        if len(calls) == 4:
+            HungarianMatcher({"mask": 1.0}).match({"mask": torch.full((2, 1), float("nan"))})
+        calls.append(1)
+        return original(self, outputs, batch)
+
+    calls = []
+    monkeypatch.setattr(TinyFilm, "loss", loss)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite matching cost \(HungarianMatcher: "
+                                            r"non-finite values in cost terms \['mask'\]\) "
+                                            r"at iteration 5 .*sent_ids \["):
+        train(run_config(data, "data.val_split="), tmp_path / "run", progress=False)
+
+
 def test_time_budget_stops_cleanly_with_a_checkpoint(data, tmp_path):
     config = run_config(data, "data.val_split=", "train.max_minutes=1e-9")
     result = train(config, tmp_path / "run", progress=False)

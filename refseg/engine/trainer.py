@@ -28,6 +28,7 @@ from refseg.engine.evaluate import numbers, predict_split, score, subset
 from refseg.engine.runlog import RunLog
 from refseg.engine.schedule import build_optimizer, build_scheduler
 from refseg.errors import ConfigError, DataError, RefsegError
+from refseg.modeling.matching import NonFiniteCost
 
 # Keys a resumed run may change: they do not alter the computation.
 RESUMABLE_CHANGES = {
@@ -331,7 +332,10 @@ class Trainer:
         batch = batch.to(self.ctx.device)
         with distributed.autocast(self.ctx.device, cfg.amp):
             outputs = self.wrapped(batch)
-            losses = self.model.loss(outputs, batch)
+            try:
+                losses = self.model.loss(outputs, batch)
+            except NonFiniteCost as exc:  # diverged predictions reach the matcher first
+                raise self._nonfinite(f"matching cost ({exc})", {}, batch.sent_ids) from None
         loss = losses["loss"]
         nonfinite, over = distributed.any_rank(
             [not bool(torch.isfinite(loss)), self.over_budget()], self.ctx.device
@@ -355,7 +359,7 @@ class Trainer:
 
     def _nonfinite(self, what: str, losses: dict, sent_ids: list[int]) -> NonFiniteLoss:
         ids = [i for part in distributed.all_gather_object(list(sent_ids)) for i in part]
-        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items()) or "-"
         last = self.checkpoints.last()
         kept = f"last checkpoint {last.resolve()} is intact" if last else "no checkpoint written"
         return NonFiniteLoss(

@@ -10,11 +10,17 @@ from refseg.modeling.matching.costs import (
     pairwise_l1_cost,
     positive_bce_cost,
 )
-from refseg.modeling.matching.hungarian import Assignment, HungarianMatcher, linear_assignment
+from refseg.modeling.matching.hungarian import (
+    Assignment,
+    HungarianMatcher,
+    NonFiniteCost,
+    linear_assignment,
+)
 
 __all__ = [
     "Assignment",
     "HungarianMatcher",
+    "NonFiniteCost",
     "batch_dice_cost",
     "batch_mask_costs",
     "batch_sigmoid_ce_cost",

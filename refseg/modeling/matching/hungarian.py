@@ -45,6 +45,11 @@ def linear_assignment(cost: torch.Tensor) -> Assignment:
                       torch.as_tensor(cols, dtype=torch.long, device=cost.device))
 
 
+class NonFiniteCost(ValueError):
+    """A cost matrix holds NaN or inf: the predictions have diverged (the trainer reports
+    it as a non-finite loss, with the iteration and the batch)."""
+
+
 class HungarianMatcher:
     """Matches per image on C = sum_name weight[name] * cost[name].
 
@@ -79,7 +84,7 @@ class HungarianMatcher:
             raise ValueError("HungarianMatcher: every given cost term has weight 0")
         if not torch.isfinite(total).all():
             bad = [n for n, m in costs.items() if not torch.isfinite(m).all()]
-            raise ValueError(f"HungarianMatcher: non-finite values in cost terms {bad}")
+            raise NonFiniteCost(f"HungarianMatcher: non-finite values in cost terms {bad}")
         return total
 
     def match(self, costs: Mapping[str, torch.Tensor]) -> Assignment:
