@@ -4,7 +4,7 @@
         [--reps 3] [--device cpu|cuda] [--amp none|bf16]
 
 Each (mode, batch) is measured in a fresh process so that its peak memory is its own:
-peak resident memory on CPU (ru_maxrss), peak allocated memory on CUDA. Pretrained files
+peak resident memory on CPU (VmHWM, else ru_maxrss), peak allocated memory on CUDA. Pretrained files
 are not needed: configs that read a local BERT / BEiT-3 tokenizer are switched to the
 same-sized random text encoder with a word vocabulary built from a few sentences (the
 vocabulary size changes the parameter count by its embedding rows only).
@@ -63,6 +63,19 @@ def make_batch(config, tokenizer, batch: int, device):
     return Batch(images, tokens.input_ids, tokens.pad_mask, targets, list(range(batch))).to(device)
 
 
+def _peak_rss_mib() -> float:
+    """This process's own peak resident memory: Linux's VmHWM (a spawned child's ru_maxrss
+    can report its parent's peak when that was higher), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(name, overrides, mode, batch, reps, device_name, amp, queue):
     import torch
 
@@ -107,7 +120,7 @@ def measure(name, overrides, mode, batch, reps, device_name, amp, queue):
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = _peak_rss_mib()
     queue.put((params, statistics.median(times), peak))
 
 
