@@ -98,6 +98,8 @@ class MaskFeatureFusion(nn.Module):
 class Deris(RefSegModel):
     """Decoupled perception and cognition with loopback synergy."""
 
+    threshold_keys = ("instance", "mask")  # no-target iff no instance passes
+
     def __init__(self, *, config: DerisConfig, backbone: nn.Module, pixel_decoder: nn.Module,
                  cognition: CognitionFeatures, fusion: MaskFeatureFusion,
                  decoder: LoopbackDecoder, existence: nn.Module):
@@ -162,8 +164,6 @@ class Deris(RefSegModel):
             instance_logits=last.mask_logits,
             instance_scores=scores,
         )
-
-    threshold_keys = ("instance", "mask")  # no-target iff no instance passes
 
     def decide(self, inference: Inference, thresholds: Thresholds) -> list[Decision]:
         """DeRIS's rule: keep the instances whose refer probability exceeds the instance

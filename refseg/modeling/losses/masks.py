@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from refseg.engine.distributed import mean_over_ranks
+
 
 def num_masks_over_ranks(targets: Sequence, device: torch.device) -> float:
     """Mask2Former's normaliser of the mask losses: the batch's number of target masks,
@@ -28,12 +30,10 @@ def num_masks_over_ranks(targets: Sequence, device: torch.device) -> float:
     Args:
         targets: the batch's targets, each with ``masks`` (G, H, W) (`Targets`).
     """
-    count = sum(t.masks.shape[0] for t in targets)
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return float(max(count, 1))
-    total = torch.tensor([float(count)], device=device)
-    dist.all_reduce(total)
-    return max(total.item() / dist.get_world_size(), 1.0)
+    count = float(sum(t.masks.shape[0] for t in targets))
+    if dist.is_available() and dist.is_initialized():
+        count = float(mean_over_ranks(torch.tensor([count], device=device)))
+    return max(count, 1.0)
 
 
 def sigmoid_ce_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
