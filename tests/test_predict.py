@@ -304,3 +304,11 @@ def test_an_override_the_model_does_not_read_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         merge_thresholds(Thresholds(), {"no_target": 0.2}, ("no_target", "instance", "mask"))
+
+
+def test_folders_list_every_image_suffix_pillow_reads(tmp_path):
+    from refseg.commands.predict import list_images
+
+    for name in ("a.avif", "b.JPG", "c.tiff", "notes.txt", "d.webp"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in list_images(tmp_path)] == ["a.avif", "b.JPG", "c.tiff", "d.webp"]

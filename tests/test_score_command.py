@@ -103,7 +103,7 @@ def test_an_unwritable_out_is_refused_before_scoring(grefcoco, tmp_path, capsys)
     write_predictions(tmp_path / "p.json", [])
     (tmp_path / "folder").mkdir()
     (tmp_path / "file").write_text("")
-    args = ["--format", "grefcoco", "--data", grefcoco, "--split", "val",
+    args = ["--format", "grefcoco", "--data", grefcoco[0], "--split", "val",
             "--predictions", tmp_path / "p.json", "--allow-missing"]
     code, out, err = _score(capsys, *args, "--out", tmp_path / "folder")
     assert code == 2 and "folder: is a folder (an output file name is expected)" in err
@@ -123,3 +123,17 @@ def test_score_does_not_import_torch(grefcoco, tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_an_os_error_the_command_meets_is_a_one_line_error(grefcoco, tmp_path, capsys,
+                                                           monkeypatch):
+    import refseg.commands.score as score_command
+
+    def run(args):  # e.g. a disk that fills up while the metrics are written
+        raise OSError(28, "No space left on device", str(tmp_path / "m.json"))
+
+    monkeypatch.setattr(score_command, "run", run)
+    code, _, err = _score(capsys, "--format", "grefcoco", "--data", grefcoco[0], "--split", "val",
+                          "--predictions", tmp_path / "p.json")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("refseg score: error: [Errno 28] No space left on device: ")
