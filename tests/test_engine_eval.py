@@ -242,13 +242,21 @@ def test_an_empty_sentence_in_a_split_is_an_error_and_long_ones_are_counted(trai
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        (["--batch-size", "0"], "--batch-size 0: must be >= 1"),
-        (["--eval-size", "0"], "--eval-size 0: must be >= 1"),
-        (["--grec-score-thr", "1.5"], "--grec-score-thr 1.5: must be in [0, 1]"),
-        (["--threshold", "mask=7"], "thresholds.mask=7.0: expected a number in [0, 1]"),
+        (["--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
+        (["--eval-size", "0"], "argument --eval-size: expected a positive integer, got 0"),
+        (["--grec-score-thr", "1.5"], "argument --grec-score-thr: expected a number in [0, 1], got 1.5"),
+        (["--workers", "-1"], "argument --workers: expected an integer >= 0, got -1"),
     ],
 )
-def test_eval_bad_options_are_one_line_errors(trained, capsys, option, message):
+def test_eval_bad_options_are_usage_errors(trained, capsys, option, message):
     data, result = trained
-    assert main(eval_args(data, result.checkpoint, *option)) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(eval_args(data, result.checkpoint, *option))
+    assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_eval_bad_threshold_is_a_one_line_error(trained, capsys):
+    data, result = trained
+    assert main(eval_args(data, result.checkpoint, "--threshold", "mask=7")) == 2
+    assert "thresholds.mask=7.0: expected a number in [0, 1]" in capsys.readouterr().err

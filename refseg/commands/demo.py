@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from refseg.commands.arguments import non_negative_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="instalign-tiny",
@@ -19,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="synthetic image side (default: the model's input side)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data and training")
-    parser.add_argument("--overlays", type=int, default=8,
+    parser.add_argument("--overlays", type=non_negative_int, default=8,
                         help="validation samples drawn as overlays (default: 8)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. data.nsc_prob=0.15")

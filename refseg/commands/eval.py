@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from refseg.commands.arguments import non_negative_int, positive_int, unit_float
 from refseg.data.types import FORMATS
 
 CHECKPOINT_HELP = "checkpoint directory, or a run directory (its best, else last checkpoint)"
@@ -27,27 +28,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the predictions file (.json list or .jsonl)")
     parser.add_argument("--out", metavar="FILE", help="also write the metrics as JSON here")
     parser.add_argument("--threshold", action="append", metavar="KEY=VALUE", help=THRESHOLD_HELP)
-    parser.add_argument("--eval-size", type=int, metavar="S",
+    parser.add_argument("--eval-size", type=positive_int, metavar="S",
                         help="score at S x S (nearest) as a network-resolution protocol does "
                              "(default: the original image size)")
-    parser.add_argument("--grec-score-thr", type=float, default=0.7, metavar="T",
+    parser.add_argument("--grec-score-thr", type=unit_float, default=0.7, metavar="T",
                         help="GREC keeps predicted boxes with score >= T (default 0.7)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2, help="data loading processes")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--workers", type=non_negative_int, default=2,
+                        help="data loading processes (0: load in the main process)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def _check(args: argparse.Namespace) -> None:
-    from refseg.errors import ConfigError
     from refseg.io.atomic import check_output
 
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size {args.batch_size}: must be >= 1")
-    if args.eval_size is not None and args.eval_size < 1:
-        raise ConfigError(f"--eval-size {args.eval_size}: must be >= 1")
-    if not 0.0 <= args.grec_score_thr <= 1.0:
-        raise ConfigError(f"--grec-score-thr {args.grec_score_thr}: must be in [0, 1]")
     for output in (args.out, args.save_predictions):
         if output:
             check_output(output)
