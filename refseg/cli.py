@@ -7,6 +7,7 @@ its top level free of heavy imports; ``run`` imports what it needs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -44,21 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plain_warnings(command: str) -> None:
-    """Print warnings as ``refseg CMD: warning: ...`` instead of with file:line."""
+@contextlib.contextmanager
+def _plain_warnings(command: str):
+    """Print warnings as ``refseg CMD: warning: ...`` instead of with file:line, for the
+    command's duration (a caller of `main` gets its own format back)."""
     import warnings
 
     def formatwarning(message, category, filename, lineno, line=None):
         return f"refseg {command}: warning: {message}\n"
 
-    warnings.formatwarning = formatwarning
+    saved, warnings.formatwarning = warnings.formatwarning, formatwarning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _plain_warnings(args.command)
     try:
-        return int(args._run(args) or 0)
+        with _plain_warnings(args.command):
+            return int(args._run(args) or 0)
     except RefsegError as exc:
         print(f"refseg {args.command}: error: {exc}", file=sys.stderr)
         return 2

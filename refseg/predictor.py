@@ -30,10 +30,6 @@ def merge_thresholds(base: Thresholds, override: Thresholds | dict | None,
     a warning, since it changes nothing."""
     if override is None:
         return base
-    if used is not None and isinstance(override, dict):
-        for key in sorted(set(override) - set(used)):
-            warnings.warn(f"thresholds: this model does not use the {key!r} threshold "
-                          f"(it reads {', '.join(used)}); the override changes nothing")
     if isinstance(override, Thresholds):
         return override
     known = {f.name for f in dataclasses.fields(Thresholds)}
@@ -45,6 +41,9 @@ def merge_thresholds(base: Thresholds, override: Thresholds | dict | None,
     for key, value in override.items():
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise ConfigError(f"thresholds.{key}={value!r}: expected a number in [0, 1]")
+    for key in sorted(set(override) - set(used if used is not None else known)):
+        warnings.warn(f"thresholds: this model does not use the {key!r} threshold "
+                      f"(it reads {', '.join(used)}); the override changes nothing")
     return dataclasses.replace(base, **{k: float(v) for k, v in override.items()})
 
 

@@ -13,7 +13,7 @@ from engine_tinyfilm import TinyFilmConfig, WordTokenizer, build_model, register
 from PIL import Image
 
 import refseg
-from refseg.cli import main
+from refseg.cli import _plain_warnings, main
 from refseg.config import DataConfig, RunConfig
 from refseg.data.masks import rle_to_mask
 from refseg.engine import checkpoint
@@ -304,6 +304,26 @@ def test_an_override_the_model_does_not_read_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         merge_thresholds(Thresholds(), {"no_target": 0.2}, ("no_target", "instance", "mask"))
+        with pytest.raises(ConfigError, match="unknown keys"):  # an error, not also a warning
+            merge_thresholds(Thresholds(), {"nt": 0.2}, Deris.threshold_keys)
+
+
+def test_cli_warnings_are_one_line_and_the_format_is_given_back(ckpt, picture, tmp_path,
+                                                                capsys, monkeypatch):
+    register(monkeypatch)
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    before = warnings.formatwarning
+    args = ["predict", str(ckpt), "--text", SENTENCE, "--image", str(tmp_path / "a.png"),
+            "--out", str(tmp_path / "o"), "--no-overlay", "--threshold", "no_target=0.5"]
+    from engine_tinyfilm import TinyFilm
+
+    monkeypatch.setattr(TinyFilm, "threshold_keys", ("instance", "mask"))  # as DeRIS's
+    with pytest.warns(UserWarning, match="does not use the 'no_target' threshold"):
+        assert main(args) == 0
+    with _plain_warnings("predict"):
+        line = warnings.formatwarning("thresholds: ...", UserWarning, "x.py", 3)
+    assert line == "refseg predict: warning: thresholds: ...\n"
+    assert warnings.formatwarning is before
 
 
 def test_folders_list_every_image_suffix_pillow_reads(tmp_path):
