@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import re
 import sys
 
 from refseg.errors import RefsegError
@@ -61,8 +62,24 @@ def _plain_warnings(command: str):
         warnings.formatwarning = saved
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments. A command's ``KEY=VALUE`` overrides may come anywhere,
+    also after its options (``refseg train CONFIG --out DIR lr=1e-3``), which argparse
+    alone would refuse once the positionals before the options were taken."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all(_OVERRIDE.match(a) for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         with _plain_warnings(args.command):
             return int(args._run(args) or 0)

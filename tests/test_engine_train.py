@@ -206,6 +206,21 @@ def test_cli_train_rejects_unknown_override(data, tmp_path, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
+def test_overrides_may_follow_the_options():
+    from refseg.cli import parse
+
+    args = parse(["train", "instalign-tiny", "a.b=1", "--out", "x", "c=2", "--resume", "a.b=3"])
+    assert args.overrides == ["a.b=1", "c=2", "a.b=3"] and args.out == "x" and args.resume
+    assert parse(["demo", "--no-progress", "train.seed=1"]).overrides == ["train.seed=1"]
+    for argv in (["train", "instalign-tiny", "--out", "x", "--bogus"],
+                 ["train", "instalign-tiny", "--out", "x", "notakey"],
+                 ["score", "--format", "grefcoco", "--data", "d", "--split", "val",
+                  "--predictions", "p", "a=1"]):  # score takes no overrides
+        with pytest.raises(SystemExit) as exit_info:
+            parse(argv)
+        assert exit_info.value.code == 2
+
+
 def test_cli_train_from_saved_config_json(data, tmp_path):
     run = tmp_path / "run"
     assert main(["train", "tinyfilm-test", f"data.root={data}", f"data.images={data / 'images'}",
