@@ -256,6 +256,24 @@ def test_eval_bad_options_are_usage_errors(trained, capsys, option, message):
     assert message in capsys.readouterr().err
 
 
+def test_eval_reads_data_images_by_default_and_refuses_early_without(trained, tmp_path,
+                                                                    capsys):
+    data, result = trained
+    args = eval_args(data, result.checkpoint, "--out", str(tmp_path / "m.json"))
+    cut = args.index("--images")
+    assert main(args[:cut] + args[cut + 2:]) == 0  # DATA/images
+    assert json.loads((tmp_path / "m.json").read_text())["gIoU"] >= 0
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "grefs(unc).json").write_text("[]")
+    argv = ["eval", str(result.checkpoint), "--format", "grefcoco", "--data", str(bare),
+            "--split", "val"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no images folder there; give the image folder with --images DIR" in err
+    assert "eval val" not in err  # refused before loading the model or any progress bar
+
+
 def test_eval_bad_threshold_is_a_one_line_error(trained, capsys):
     data, result = trained
     assert main(eval_args(data, result.checkpoint, "--threshold", "mask=7")) == 2

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, choices=FORMATS, help="benchmark format")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="folder with the refs file and instances.json")
-    parser.add_argument("--images", metavar="DIR", help="image folder")
+    parser.add_argument("--images", metavar="DIR",
+                        help="image folder (default: DIR/images of --data, if it exists)")
     parser.add_argument("--split", required=True, metavar="S", help="e.g. val, testA")
     parser.add_argument("--split-by", metavar="NAME",
                         help="<splitBy> of refs(<splitBy>).p (default: the format's)")
@@ -41,8 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    """Refuse what would fail only after the model is loaded; fill in the image folder."""
+    from pathlib import Path
+
+    from refseg.errors import ConfigError
     from refseg.io.atomic import check_output
 
+    if args.images is None:
+        if not (Path(args.data) / "images").is_dir():
+            raise ConfigError(f"{args.data}: no images folder there; give the image folder "
+                              "with --images DIR")
+        args.images = str(Path(args.data) / "images")
     for output in (args.out, args.save_predictions):
         if output:
             check_output(output)
