@@ -61,3 +61,19 @@ def test_verdict_judges_the_four_gres_headline_metrics_against_each_baseline():
     assert DemoReport("out", model, baselines).beats_baselines  # a Pr@0.9 tie is not judged
     for key, value in [("gIoU", 10.0), ("cIoU", 2.0), ("N-acc", 0.0), ("T-acc", 0.0)]:
         assert not DemoReport("out", {**model, key: value}, baselines).beats_baselines, key
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--minutes", "0"], "argument --minutes: expected a positive number, got 0.0"),
+    (["--minutes", "nan"], "argument --minutes: expected a positive number, got nan"),
+    (["--size", "0"], "argument --size: expected a positive integer, got 0"),
+    (["--images", "-5"], "argument --images: expected a positive integer, got -5"),
+    (["--overlays", "-1"], "argument --overlays: expected an integer >= 0, got -1"),
+])
+def test_demo_refuses_bad_numbers_before_writing_anything(tmp_path, capsys, option, message):
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(out), *option])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from refseg.commands.arguments import non_negative_int
+from refseg.commands.arguments import non_negative_int, positive_float, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,12 +13,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a named config to train (default: instalign-tiny)")
     parser.add_argument("--out", default="runs/demo", metavar="DIR",
                         help="output folder (default: runs/demo)")
-    parser.add_argument("--minutes", type=float, default=None,
+    parser.add_argument("--minutes", type=positive_float, default=None,
                         help="training time budget in minutes (default: the config's "
                              "train.max_minutes, 9 for the tiny configs)")
-    parser.add_argument("--images", type=int, default=5000,
+    parser.add_argument("--images", type=positive_int, default=5000,
                         help="synthetic images over all splits (default: 5000)")
-    parser.add_argument("--size", type=int, default=None,
+    parser.add_argument("--size", type=positive_int, default=None,
                         help="synthetic image side (default: the model's input side)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data and training")
     parser.add_argument("--overlays", type=non_negative_int, default=8,
