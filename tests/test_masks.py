@@ -33,6 +33,12 @@ def test_compressed_and_uncompressed_rle_give_the_same_mask():
     np.testing.assert_array_equal(masks.rle_to_mask(from_counts), m)
 
 
+def test_polygons_a_little_outside_the_image_are_clipped_by_rasterising():
+    inside = masks.segmentation_to_rle([rect(0, 0, 4, 4)], H, W)
+    spilling = masks.segmentation_to_rle([[-W, -H, 4, -H, 4, 4, -W, 4]], H, W)  # the limit
+    np.testing.assert_array_equal(masks.rle_to_mask(spilling), masks.rle_to_mask(inside))
+
+
 def test_four_coordinate_polygon_is_rejected_not_read_as_a_box():
     # pycocotools would take [x, y, w, h] for a box; a 2-point polygon is malformed.
     with pytest.raises(DataError, match=r"ann 7: polygon 1 has 4 coordinates"):
@@ -44,6 +50,10 @@ def test_four_coordinate_polygon_is_rejected_not_read_as_a_box():
     [
         ([[0, 0, 4, 0, 4]], "5 coordinates"),
         ([[0, 0, 4, 0, "x", 4]], "not a list of numbers"),
+        ([[0, 0, 4, 0, float("inf"), 4]], r"polygon 0, point 2: x = inf lies far outside the 16 x 12"),
+        ([[0, 0, 4, 0, 4, float("nan")]], "point 2: y = nan lies far outside"),
+        ([rect(0, 0, 2, 2), [0, 0, 1e9, 0, 4, 4]], "polygon 1, point 1: x = 1000000000.0"),
+        ([[0, -12.5, 4, 0, 4, 4]], "point 0: y = -12.5 lies far outside"),
         ([], "empty"),
         ("polygon", "must be polygons or an RLE"),
         ({"counts": "abc"}, "'size' and 'counts'"),

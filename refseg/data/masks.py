@@ -41,13 +41,13 @@ def segmentation_to_rle(segmentation: Any, h: int, w: int, *, where: str = "segm
         where: names the annotation in error messages (file and id).
 
     Raises:
-        DataError: a polygon with fewer than 3 points or an odd number of coordinates, an
-            RLE of another size, counts that are malformed or do not cover h * w pixels.
+        DataError: a polygon with fewer than 3 points, an odd number of coordinates or a
+            coordinate far outside the image (or not finite), an RLE of another size, counts that are malformed or do not cover h * w pixels.
     """
     if isinstance(segmentation, dict):
         return validate_rle(segmentation, h, w, where=where)
     if isinstance(segmentation, (list, tuple)) and segmentation:
-        polygons = [_check_polygon(p, i, where) for i, p in enumerate(segmentation)]
+        polygons = [_check_polygon(p, i, h, w, where) for i, p in enumerate(segmentation)]
         # frPyObjects takes a list of 4 numbers as a box: pass polygons as lists of lists.
         rles = mask_utils.frPyObjects(polygons, h, w)
         return _as_str(mask_utils.merge(rles, intersect=False))
@@ -57,7 +57,10 @@ def segmentation_to_rle(segmentation: Any, h: int, w: int, *, where: str = "segm
     )
 
 
-def _check_polygon(polygon: Any, index: int, where: str) -> list[float]:
+def _check_polygon(polygon: Any, index: int, h: int, w: int, where: str) -> list[float]:
+    """The polygon as floats. Coordinates must be finite and lie within the image grown by
+    its own size on every side: pycocotools rasterises every edge point by point, so one
+    coordinate of 1e9 (or inf) takes gigabytes or never returns."""
     if not isinstance(polygon, (list, tuple)) or not all(
         isinstance(v, Real) and not isinstance(v, bool) for v in polygon
     ):
@@ -67,7 +70,14 @@ def _check_polygon(polygon: Any, index: int, where: str) -> list[float]:
             f"{where}: polygon {index} has {len(polygon)} coordinates; a polygon needs an even "
             "number and at least 3 points (6 coordinates)"
         )
-    return [float(v) for v in polygon]
+    coords = [float(v) for v in polygon]
+    for k, v in enumerate(coords):
+        side = w if k % 2 == 0 else h
+        if not -side <= v <= 2 * side:  # also refuses nan
+            axis = "x" if k % 2 == 0 else "y"
+            raise DataError(f"{where}: polygon {index}, point {k // 2}: {axis} = {v} lies far "
+                            f"outside the {w} x {h} image")
+    return coords
 
 
 def validate_rle(rle: Any, h: int, w: int, *, where: str = "RLE") -> RLE:
