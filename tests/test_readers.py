@@ -212,6 +212,7 @@ def test_refs_file_of_another_format(tmp_path):
     assert "use --format rrefcoco" in _error("refcoco", tmp_path, "train")
     tiny_benchmark("refzom", tmp_path, refs_name="refs(unc).p")
     assert "ref 1: has a 'source' field" in _error("refcoco", tmp_path, "train")
+    assert "ref 1: has a 'source' field" in _error("rrefcoco", tmp_path, "train")
     tiny_benchmark("refcoco", tmp_path, refs_name="refs(final).p")
     assert "ref 1: missing field 'source'" in _error("refzom", tmp_path, "train")
 
@@ -245,6 +246,56 @@ def test_ids_must_be_integers(tmp_path):
     ref = ref_record(4, 1, 11, "val", [sentence(1, "a")])
     ref["image_id"] = "1"
     assert "ref 4: image_id '1' is not an integer" in _error("refcoco", _write(tmp_path, [ref]))
+
+
+def test_instances_records_are_checked_where_they_are_indexed(tmp_path):
+    ref = [ref_record(4, 1, 11, "val", [sentence(1, "a")])]
+    twice = annotations() + [dict(annotations()[0])]
+    assert f"annotations[{len(twice) - 1}]: duplicate id 11 (also annotations[0])" in _error(
+        "refcoco", _write(tmp_path, ref, anns=twice))
+    assert "images[3]: duplicate id 1 (also images[0])" in _error(
+        "refcoco", _write(tmp_path, ref, images=IMAGES + [image_record(1, 8, 8)]))
+    assert "images[3]: id [5] is not an integer" in _error(
+        "refcoco", _write(tmp_path, ref, images=IMAGES + [dict(image_record(2, 8, 8), id=[5])]))
+    for height in (-4, 0, 4.7, "20"):
+        images = [dict(IMAGES[0], height=height)] + IMAGES[1:]
+        msg = _error("refcoco", _write(tmp_path, ref, images=images))
+        assert f"instances.json: image 1: height and width must be positive integers, got " \
+               f"{height!r} x 30" in msg
+    images = [dict(IMAGES[0], height=20.0)] + IMAGES[1:]  # a whole float is a size
+    assert load_split("refcoco", _write(tmp_path, ref, images=images), "val").images[1].height == 20
+    for bbox in ([2, 2, None, 6], [2, 2, "8", 6], [2, 2, float("inf"), 6]):
+        anns = [dict(a, bbox=bbox) if a["id"] == 11 else a for a in annotations()]
+        msg = _error("refcoco", _write(tmp_path, ref, anns=anns))
+        assert "instances.json: annotation 11: bbox must be [x, y, w, h] of finite numbers" in msg
+    (tmp_path / "instances.json").write_text("[" * 100000 + "]" * 100000)
+    assert "instances.json: not usable JSON (nested too deeply)" in _error("refcoco", tmp_path)
+
+
+def test_segmentation_errors_name_instances_json(tmp_path):
+    anns = [dict(a, segmentation=[[0, 0, 2, 0, 2]]) if a["id"] == 11 else a
+            for a in annotations()]
+    split = load_split("refcoco", _write(tmp_path, [ref_record(4, 1, 11, "val",
+                                                               [sentence(1, "a")])], anns=anns),
+                       "val")
+    with pytest.raises(DataError, match=r"instances\.json: annotation 11: polygon 0 has 5"):
+        split.instance_masks(split.samples[0])
+
+
+def test_python2_strings_in_refs_pickles_are_utf8(tmp_path):
+    write_instances(tmp_path, IMAGES, annotations())
+    # Protocol 2 as Python 2 writes a str: SHORT_BINSTRING of the UTF-8 bytes of "café".
+    body = pickle.dumps([ref_record(1, 1, 11, "val", [sentence(1, "PLACEHOLDER")])], protocol=2)
+    text = "café".encode()
+    py2 = body.replace(b"X\x0b\x00\x00\x00PLACEHOLDER", b"U" + bytes([len(text)]) + text)
+    assert py2 != body
+    (tmp_path / "refs(unc).p").write_bytes(py2)
+    assert [s.sentence for s in load_split("refcoco", tmp_path, "val").samples] == ["café"]
+    latin = b"U" + bytes([4]) + "café".encode("latin1")
+    (tmp_path / "refs(unc).p").write_bytes(body.replace(b"X\x0b\x00\x00\x00PLACEHOLDER", latin))
+    assert "a Python 2 string in the pickle is not UTF-8" in _error("refcoco", tmp_path)
+    (tmp_path / "refs(unc).p").write_bytes(b"")
+    assert "not a readable pickle (truncated or empty)" in _error("refcoco", tmp_path)
 
 
 def test_duplicate_sent_ids(tmp_path):

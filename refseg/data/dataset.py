@@ -26,8 +26,10 @@ class RefDataset:
         anns: annotation id -> annotation, for every annotation a sample uses.
         image_root: folder the images live in (None when not given).
         source: the refs file the split was read from (for error messages).
+        instances: the instances.json its annotations come from (for error messages).
         skipped: what the reader left out, by reason (``refs_without_sentences``,
             ``crowd_only_sentences``: target sentences whose referents are all crowd).
+        left_out: sent_id -> why, for each sentence of the file left out of ``samples``.
     """
 
     format: str
@@ -37,7 +39,9 @@ class RefDataset:
     anns: dict[int, Annotation]
     image_root: Path | None = None
     source: Path | None = None
+    instances: Path | None = None
     skipped: dict[str, int] = field(default_factory=dict)
+    left_out: dict[int, str] = field(default_factory=dict)
     _rle_cache: dict[int, RLE] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -63,7 +67,7 @@ class RefDataset:
 
             ann = self.anns[ann_id]
             info = self.images[ann.image_id]
-            where = f"{self.source}: annotation {ann_id}"
+            where = f"{self.instances or self.source}: annotation {ann_id}"
             rle = segmentation_to_rle(ann.segmentation, info.height, info.width, where=where)
             self._rle_cache[ann_id] = rle
         return rle

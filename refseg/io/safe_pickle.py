@@ -40,8 +40,11 @@ _NUMPY = {
 
 
 class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python implementation
-    def __init__(self, file, allowed: set[tuple[str, str]], source: str):
-        super().__init__(file, encoding="latin1")
+    """``encoding`` decodes Python 2 ``str`` objects: UTF-8 for text (a refs file's
+    sentences), latin-1 where numpy stores array bytes as such strings."""
+
+    def __init__(self, file, allowed: set[tuple[str, str]], source: str, encoding: str):
+        super().__init__(file, encoding=encoding)
         self._allowed = allowed
         self._source = source
 
@@ -76,10 +79,15 @@ def load_pickle(path: str | Path, *, allow_numpy: bool = False):
         raise DataError(f"{path}: file not found") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    encoding = "latin1" if allow_numpy else "utf-8"
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), allowed, str(path)).load()
+        return _RestrictedUnpickler(io.BytesIO(data), allowed, str(path), encoding).load()
     except DataError:
         raise
+    except EOFError:
+        raise DataError(f"{path}: not a readable pickle (truncated or empty)") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: a Python 2 string in the pickle is not UTF-8 ({exc})") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             KeyError, IndexError, OverflowError, MemoryError, RecursionError,
             struct.error) as exc:

@@ -10,6 +10,7 @@ import contextlib
 import gc
 import glob
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,8 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not usable JSON (nested too deeply)") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
 
@@ -171,11 +174,17 @@ def _index_instances(path: Path) -> tuple[dict[int, dict], dict[int, dict]]:
         records = data.get(key)
         if not isinstance(records, list):
             raise DataError(f"{path}: missing list '{key}'")
-        by_id = {}
+        by_id, position = {}, {}
         for i, rec in enumerate(records):
             if not isinstance(rec, dict) or "id" not in rec:
                 raise DataError(f"{path}: {key}[{i}] has no 'id'")
-            by_id[rec["id"]] = rec
+            rec_id = rec["id"]
+            if not _is_int(rec_id):
+                raise DataError(f"{path}: {key}[{i}]: id {rec_id!r} is not an integer")
+            if rec_id in by_id:
+                raise DataError(f"{path}: {key}[{i}]: duplicate id {rec_id} "
+                                f"(also {key}[{position[rec_id]}])")
+            by_id[rec_id], position[rec_id] = rec, i
         index.append(by_id)
     return index[0], index[1]
 
@@ -195,6 +204,7 @@ class _SplitBuilder:
         self.anns: dict[int, Annotation] = {}
         self.sent_refs: dict[int, Any] = {}
         self.skipped = {"refs_without_sentences": 0, "crowd_only_sentences": 0}
+        self.left_out: dict[int, str] = {}
 
     def add(self, ref: dict) -> None:
         ref_id = ref.get("ref_id", "?")
@@ -232,6 +242,7 @@ class _SplitBuilder:
         elif not kept:
             # Every referent is a crowd region: no usable mask, and "no target" would be false.
             self.skipped["crowd_only_sentences"] += 1
+            self.left_out[sent_id] = "its referents are all crowd regions"
             return
         else:
             ann_ids = kept
@@ -259,12 +270,11 @@ class _SplitBuilder:
         if info is not None:
             return info
         rec = self._record("image", image_id, ("file_name", "height", "width"), where)
-        where_i = f"{self.instances_path}: image {image_id}"
-        try:
-            h, w = int(rec["height"]), int(rec["width"])
-        except (TypeError, ValueError):
-            raise DataError(f"{where_i}: height and width must be integers") from None
-        return ImageInfo(int(image_id), str(rec["file_name"]), h, w)
+        h, w = rec["height"], rec["width"]
+        if not (_is_whole(h) and _is_whole(w) and h > 0 and w > 0):
+            raise DataError(f"{self.instances_path}: image {image_id}: height and width must be "
+                            f"positive integers, got {h!r} x {w!r}")
+        return ImageInfo(int(image_id), str(rec["file_name"]), int(h), int(w))
 
     def _record(self, kind: str, record_id, fields: tuple[str, ...], where: str) -> dict:
         """The raw image or annotation record of instances.json, its fields checked."""
@@ -303,8 +313,10 @@ class _SplitBuilder:
         if rec["image_id"] not in self.raw_images:
             raise DataError(f"{where_a}: image_id {rec['image_id']} not in 'images'")
         bbox = rec["bbox"]
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise DataError(f"{where_a}: bbox must be [x, y, w, h]")
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
+                and all(_is_number(v) for v in bbox)):
+            raise DataError(f"{where_a}: bbox must be [x, y, w, h] of finite numbers, "
+                            f"got {bbox!r}")
         ann = Annotation(
             id=ann_id,
             image_id=rec["image_id"],
@@ -326,7 +338,9 @@ class _SplitBuilder:
             anns=self.anns,
             image_root=image_root,
             source=self.refs_path,
+            instances=self.instances_path,
             skipped=self.skipped,
+            left_out=self.left_out,
         )
 
 
@@ -354,6 +368,15 @@ def ann_id_list(ref: dict, where: str) -> list[int]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_whole(value: Any) -> bool:
+    """An int, or a float with no fraction (480.0, as some JSON writers store sizes)."""
+    return _is_int(value) or (isinstance(value, float) and value.is_integer())
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
 def _folder(data: Path) -> Path:

@@ -15,6 +15,8 @@ class RRefCocoReader(RefCocoReader):
 
     def check_ref(self, ref: dict, where: str) -> None:
         check_single_ann_id(ref, where)
+        if "source" in ref:
+            raise DataError(f"{where}: has a 'source' field (a Ref-ZOM file? use --format refzom)")
 
     def sentence_has_target(self, sentence: dict, where: str) -> bool:
         exist = sentence.get("exist", True)
