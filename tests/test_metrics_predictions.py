@@ -84,7 +84,7 @@ BAD = [
     ("not json", r"p.json: line 1: not valid JSON .*expected a JSON list or JSON Lines"),
     ('[{"sent_id": 1,', r"p.json: not valid JSON"),
     ([5], r"p.json: record 0: expected an object"),
-    ([{"mask": RLE}], r"record 0: 'sent_id' must be an integer, got None"),
+    ([{"mask": RLE}], r"record 0: no 'sent_id'"),
     ([{"sent_id": True, "mask": RLE}], r"'sent_id' must be an integer, got True"),
     ([{"sent_id": 4}], r"sent_id 4: missing field 'mask'"),
     ([{"sent_id": 4, "mask": RLE, "score": 1}], r"sent_id 4: unknown field\(s\) score"),
@@ -122,6 +122,11 @@ BAD = [
      r"sent_id 4: instances\[0\].mask: malformed RLE"),
     ([{"sent_id": 4, "mask": RLE}, {"sent_id": 5, "mask": RLE}, {"sent_id": 4, "mask": RLE}],
      r"sent_id 4: duplicate sent_id \(record 0 and record 2\)"),
+    ('[{"sent_id": 4, "sent_id": 5, "mask": {"size": [4, 5], "counts": [20]}}]',
+     r"not valid JSON \(key 'sent_id' given twice in one object\)"),
+    ('{"predictions": []}', r"line 1: no 'sent_id' \(a predictions file is a JSON list of "
+                            r"records, or JSON Lines with one record per line\)"),
+    ("[" * 100000 + "]" * 100000, r"not valid JSON \(nested too deeply\)"),
 ]
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from builders import tiny_benchmark
+from builders import (
+    IMAGES,
+    annotations,
+    ref_record,
+    sentence,
+    tiny_benchmark,
+    write_instances,
+    write_refs,
+)
 
 from refseg.data.load import load_split
 from refseg.data.masks import empty_rle, mask_to_rle, rle_to_mask
@@ -194,3 +202,25 @@ def test_table_lists_every_metric(tmp_path):
     for key in ["cIoU", "gIoU", "N-acc", "T-acc", "Pr@0.9", "GREC", "F1score"]:
         assert key in table
     assert "100.00" in table
+
+
+def test_predictions_for_crowd_only_sentences_are_not_scored(tmp_path):
+    write_instances(tmp_path, IMAGES, annotations())
+    write_refs(tmp_path / "grefs(unc).json", [
+        ref_record(1, 1, [11], "val", [sentence(1, "the box")]),
+        ref_record(2, 1, [13], "val", [sentence(2, "the crowd")]),  # 13 is a crowd region
+    ])
+    ds = load_split("grefcoco", tmp_path, "val")
+    assert [s.sent_id for s in ds.samples] == [1] and list(ds.left_out) == [2]
+    truth = ground_truth_predictions(ds)
+    crowd = Prediction(2, empty_rle(20, 30), True, [], has_instances=True)
+    result = score_predictions(ds, truth + [crowd])
+    assert result == {**score_predictions(ds, truth), "counts": result["counts"],
+                      "warnings": result["warnings"]}
+    assert result["counts"]["not_scored"] == 1 and result["counts"]["sentences"] == 1
+    assert result["warnings"] == ["1 predictions are for sentences left out of the split when "
+                                  "read (sent_id 2: its referents are all crowd regions); they "
+                                  "are not scored"]
+    with pytest.raises(PredictionError, match="sent_id 2: left out of grefcoco split 'val' when "
+                                              "read: its referents are all crowd regions"):
+        Scorer(ds).update(crowd)

@@ -55,22 +55,44 @@ def _load_records(text: bytes, path: Path) -> list[tuple[str, Any]]:
     stripped = text.lstrip()
     if stripped.startswith(b"["):
         try:
-            records = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PredictionError(f"{path}: not valid JSON ({exc})") from None
+            records = json.loads(text, object_pairs_hook=_no_repeated_keys)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise PredictionError(f"{path}: not valid JSON ({_why(exc)})") from None
         return [(f"record {i}", r) for i, r in enumerate(records)]
     out = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            out.append((f"line {number}", json.loads(line)))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            out.append((f"line {number}", json.loads(line, object_pairs_hook=_no_repeated_keys)))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise PredictionError(
-                f"{path}: line {number}: not valid JSON ({exc}); expected a JSON list or "
+                f"{path}: line {number}: not valid JSON ({_why(exc)}); expected a JSON list or "
                 "JSON Lines"
             ) from None
     return out
+
+
+class _RepeatedKey(json.JSONDecodeError):
+    pass
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object as a dict, refusing a key given twice (json keeps the last silently)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        keys = [k for k, _ in pairs]
+        repeated = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise _RepeatedKey(f"key {repeated!r} given twice in one object", "", 0)
+    return out
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, _RepeatedKey):
+        return exc.msg
+    return str(exc)
 
 
 def parse_predictions(records: list[tuple[str, Any]], source: str) -> list[Prediction]:
@@ -107,7 +129,10 @@ def _parse_record(record: Any, source: str,
     at = f"{source}: {location}"
     if not isinstance(record, dict):
         raise PredictionError(f"{at}: expected an object, got {type(record).__name__}")
-    sent_id = record.get("sent_id")
+    if "sent_id" not in record:
+        raise PredictionError(f"{at}: no 'sent_id' (a predictions file is a JSON list of "
+                              "records, or JSON Lines with one record per line)")
+    sent_id = record["sent_id"]
     if not _is_int(sent_id):
         raise PredictionError(f"{at}: 'sent_id' must be an integer, got {sent_id!r}")
     where = f"{source}: sent_id {sent_id}"

@@ -145,6 +145,11 @@ class Scorer:
 
     def sample(self, sent_id: int) -> Sample:
         sample = self.dataset.by_sent_id.get(sent_id)
+        if sample is None and sent_id in self.dataset.left_out:
+            raise PredictionError(
+                f"{self.source}: sent_id {sent_id}: left out of {self.dataset.format} split "
+                f"'{self.dataset.split}' when read: {self.dataset.left_out[sent_id]}"
+            )
         if sample is None:
             skipped = sum(self.dataset.skipped.values()) if self.dataset.skipped else 0
             note = f"; {skipped} sentences were left out of it when read" if skipped else ""
@@ -284,8 +289,12 @@ def score_predictions(dataset: RefDataset, predictions: list[Prediction], *,
             )
     scorer = Scorer(dataset, with_instances=with_instances, eval_size=eval_size,
                     grec_score_thr=grec_score_thr, source=source)
+    # Sentences the reader left out (crowd-only referents) have no ground truth to score
+    # against; a complete predictions file of another pipeline may still hold them.
+    unscored = [p.sent_id for p in predictions if p.sent_id in dataset.left_out]
     for pred in predictions:
-        scorer.update(pred)
+        if pred.sent_id not in dataset.left_out:
+            scorer.update(pred)
     predicted = {p.sent_id for p in predictions}
     missing = [s for s in dataset.samples if s.sent_id not in predicted]
     if missing and not allow_missing:
@@ -302,4 +311,10 @@ def score_predictions(dataset: RefDataset, predictions: list[Prediction], *,
                                  [], has_instances=with_instances))
     result = scorer.result()
     result["counts"]["missing"] = len(missing)
+    if unscored:
+        result["counts"]["not_scored"] = len(unscored)
+        result["warnings"].append(
+            f"{len(unscored)} predictions are for sentences left out of the split when read "
+            f"(sent_id {unscored[0]}: {dataset.left_out[unscored[0]]}); they are not scored"
+        )
     return result
