@@ -148,6 +148,35 @@ def test_integer_arrays_are_read_by_their_range():
     np.testing.assert_array_equal(load_image(wide), rgb)
     np.testing.assert_array_equal(load_image(wide.astype(np.int64)), rgb)
     assert load_image(np.full((2, 2), 200, np.uint16)).max() == 1  # a dark 16-bit picture
+    assert load_image(np.full((2, 2), 200, ">u2")).max() == 1  # big-endian alike
+
+
+def test_16bit_pictures_read_the_same_in_every_byte_order_and_mode(tmp_path):
+    dark = np.array([[0, 100, 200, 65535]], dtype=np.uint16)
+    expected = [0, 0, 1, 255]
+    big = Image.frombytes("I;16B", (4, 1), dark.astype(">u2").tobytes())
+    little = Image.frombytes("I;16", (4, 1), dark.astype("<u2").tobytes())
+    as_i = Image.fromarray(dark.astype(np.int32))  # mode I, as some TIFF readers give
+    assert (big.mode, little.mode, as_i.mode) == ("I;16B", "I;16", "I")
+    for img in (big, little, as_i):
+        np.testing.assert_array_equal(load_image(img)[0, :, 0], expected)
+    big.save(tmp_path / "big.tif")
+    np.testing.assert_array_equal(load_image(tmp_path / "big.tif")[0, :, 0], expected)
+
+
+def test_float_arrays_in_the_8bit_range_are_kept():
+    rgb = _pattern()
+    np.testing.assert_array_equal(load_image(rgb.astype(np.float32)), rgb)
+    np.testing.assert_array_equal(load_image(np.full((2, 2), 128.0)), np.full((2, 2, 3), 128))
+    np.testing.assert_array_equal(load_image(np.array([[-1.0, 0.0, 300.0]]))[0, :, 0],
+                                  [0, 1, 255])  # out of range: stretched
+
+
+@pytest.mark.parametrize("thing", [b"\x89PNG", [[1, 2]], None, 3.5])
+def test_other_objects_are_named_errors(thing):
+    with pytest.raises(DataError, match=f"expected a path, a PIL image or a numpy array, got "
+                                        f"{type(thing).__name__}"):
+        load_image(thing)
 
 
 def test_truncated_file(tmp_path):

@@ -7,8 +7,9 @@ Rules (the same for every caller, so masks and pictures always line up):
 - Alpha (RGBA, LA, PA, palette with transparency) is dropped, not composited: the colour
   channels are kept as stored, as ``Image.convert("RGB")`` does in the official loaders.
 - CMYK and YCbCr go through Pillow's conversion (embedded ICC profiles are not applied).
-- 16-bit and 32-bit grey (``I;16*``, ``I``) are scaled from 0..65535 to 0..255; ``I`` values
-  outside that range and float images (``F``) outside 0..1 are min-max scaled.
+- 16-bit and 32-bit grey (``I;16*`` of either byte order, ``I``) are scaled from 0..65535
+  to 0..255; ``I`` values outside that range are min-max scaled. Float images (``F``) in
+  0..1 are scaled by 255, in 0..255 kept as they are, and min-max scaled otherwise.
 - Grey (``L``) and bilevel (``1``) are repeated over three channels.
 - At most `MAX_PIXELS` pixels (256 MP); larger images, corrupt, truncated or unreadable
   files and non-images raise `DataError` naming the file.
@@ -42,8 +43,9 @@ def load_image(src: Any, *, where: str | None = None) -> np.ndarray:
 
     Args:
         src: a path, a PIL image, or an (H, W), (H, W, 3) or (H, W, 4) array: uint8;
-            uint16 (16-bit); bool; another integer type (values up to 255 read as 8-bit,
-            up to 65535 as 16-bit); float in 0..1 (other ranges are stretched min-max).
+            uint16 of either byte order (16-bit); bool; another integer type (values up to
+            255 read as 8-bit, up to 65535 as 16-bit); float in 0..1 (scaled by 255) or in
+            0..255 (kept); other ranges are stretched min-max.
         where: names the image in error messages (default: the path).
 
     Raises:
@@ -53,6 +55,9 @@ def load_image(src: Any, *, where: str | None = None) -> np.ndarray:
         return _array_to_rgb(src, where or "image array")
     if isinstance(src, Image.Image):
         return _decode(src, where or "PIL image")
+    if not isinstance(src, (str, Path)):
+        raise DataError(f"{where or 'image'}: expected a path, a PIL image or a numpy array, "
+                        f"got {type(src).__name__}")
     path = Path(src)
     where = where or str(path)
     with _open(path, where) as img:
@@ -136,8 +141,8 @@ def _to_rgb(img: Image.Image, where: str) -> np.ndarray:
     mode = img.mode
     if mode == "RGB":
         return np.asarray(img, dtype=np.uint8)
-    if mode.startswith("I") or mode == "F":
-        return _array_to_rgb(np.asarray(img), where)
+    if mode.startswith("I") or mode == "F":  # I;16 (either byte order), I: 16-bit data
+        return _array_to_rgb(np.asarray(img), where, sixteen_bit=mode.startswith("I"))
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # a palette's transparency cannot go straight to RGB
     elif mode == "PA":
@@ -149,8 +154,9 @@ def _to_rgb(img: Image.Image, where: str) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
-    """(H, W[, C]) array of any supported dtype -> (H, W, 3) uint8."""
+def _array_to_rgb(array: np.ndarray, where: str, *, sixteen_bit: bool = False) -> np.ndarray:
+    """(H, W[, C]) array of any supported dtype -> (H, W, 3) uint8; ``sixteen_bit`` reads
+    integers as 0..65535 whatever their range (a dark 16-bit picture stays dark)."""
     a = np.asarray(array)
     if a.ndim == 3 and a.shape[2] in (3, 4):
         a = a[:, :, :3]  # alpha dropped
@@ -160,20 +166,21 @@ def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
         raise DataError(f"{where}: expected an (H, W), (H, W, 3) or (H, W, 4) array, got {a.shape}")
     if a.size == 0:
         raise DataError(f"{where}: empty image array {array.shape}")
-    a = _to_uint8(a, where)
+    a = _to_uint8(a, where, sixteen_bit)
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
     return np.ascontiguousarray(a)
 
 
-def _to_uint8(a: np.ndarray, where: str) -> np.ndarray:
+def _to_uint8(a: np.ndarray, where: str, sixteen_bit: bool = False) -> np.ndarray:
     if a.dtype == np.uint8:
         return a
     if a.dtype == bool:
         return a.astype(np.uint8) * 255
     if np.issubdtype(a.dtype, np.integer):
         lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-        if a.dtype != np.uint16 and 0 <= lo and hi <= 255:  # e.g. int64 from np.array(...)
+        sixteen_bit = sixteen_bit or (a.dtype.kind == "u" and a.dtype.itemsize == 2)  # '>u2' too
+        if not sixteen_bit and 0 <= lo and hi <= 255:  # e.g. int64 from np.array(...)
             return a.astype(np.uint8)
         if lo >= 0 and hi <= 65535:
             # Round to nearest: 65535 / 257 = 255 exactly.
@@ -185,6 +192,8 @@ def _to_uint8(a: np.ndarray, where: str) -> np.ndarray:
             a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
         if a.size and a.min() >= 0.0 and a.max() <= 1.0:
             return np.floor(a * 255.0 + 0.5).astype(np.uint8)
+        if a.size and a.min() >= 0.0 and a.max() <= 255.0:  # 8-bit values held as floats
+            return np.floor(a + 0.5).astype(np.uint8)
         return _min_max(a)
     raise DataError(f"{where}: unsupported pixel type {a.dtype}")
 
