@@ -130,10 +130,15 @@ def _from_dict(cls, data: dict, where: str):
     unknown = set(data) - set(fields)
     if unknown:
         raise ConfigError(f"{where}: unknown config keys {sorted(unknown)}")
+    missing = [name for name in fields if name not in data]
+    if missing:  # a saved config holds every key; a default here could be another config's
+        raise ConfigError(f"{where}: missing config keys {missing}")
     kwargs = {}
     for name, value in data.items():
         annotation = fields[name]
-        if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{name}: expected an object of keys, got {value!r}")
             value = _from_dict(annotation, value, f"{where}.{name}")
         else:
             value = _checked(value, annotation, f"{where}.{name}")
@@ -166,18 +171,30 @@ def _checked(value, annotation, key: str):
 
 
 def from_dict(data: dict, model_class: type, where: str = "config") -> RunConfig:
-    """Rebuild a RunConfig saved by `to_dict`; ``model_class`` is the method's config."""
+    """Rebuild a RunConfig saved by `to_dict` (every key present, none unknown);
+    ``model_class`` is the method's config."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object of keys, got {type(data).__name__}")
+    unknown = set(data) - {"method", "model", "data", "train"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown config keys {sorted(unknown)}")
     try:
         return RunConfig(
             method=data["method"],
-            model=_from_dict(model_class, data["model"], f"{where}: model"),
-            data=_from_dict(DataConfig, data.get("data", {}), f"{where}: data"),
-            train=_from_dict(TrainConfig, data.get("train", {}), f"{where}: train"),
+            model=_section(model_class, data["model"], f"{where}: model"),
+            data=_section(DataConfig, data["data"], f"{where}: data"),
+            train=_section(TrainConfig, data["train"], f"{where}: train"),
         )
     except KeyError as exc:
         raise ConfigError(f"{where}: missing key {exc}") from None
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _section(cls, value, where: str):
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected an object of keys, got {type(value).__name__}")
+    return _from_dict(cls, value, where)
 
 
 def save(config: RunConfig, path: str | Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from refseg.data.types import RefResult
 from refseg.errors import ConfigError, DataError
@@ -31,20 +32,18 @@ def merge_thresholds(base: Thresholds, override: Thresholds | dict | None,
     if override is None:
         return base
     if isinstance(override, Thresholds):
-        return override
+        return override.check()
     known = {f.name for f in dataclasses.fields(Thresholds)}
     unknown = set(override) - known
     if unknown:
         raise ConfigError(
             f"thresholds: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})"
         )
-    for key, value in override.items():
-        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ConfigError(f"thresholds.{key}={value!r}: expected a number in [0, 1]")
+    merged = dataclasses.replace(base, **override).check()
     for key in sorted(set(override) - set(used if used is not None else known)):
         warnings.warn(f"thresholds: this model does not use the {key!r} threshold "
                       f"(it reads {', '.join(used)}); the override changes nothing")
-    return dataclasses.replace(base, **{k: float(v) for k, v in override.items()})
+    return dataclasses.replace(merged, **{k: float(v) for k, v in override.items()})
 
 
 def _describe(image: Any, index: int) -> str:
@@ -111,9 +110,20 @@ class Predictor:
         thresholds: Thresholds | dict | None = None,
         batch_size: int = 8,
     ) -> list[RefResult]:
-        """Many (image, sentence) pairs; one sentence may be given for all images."""
+        """Many (image, sentence) pairs; one sentence may be given for all images.
+
+        ``images`` is a list (or any iterable) of what `predict` takes; one image on its own
+        is refused rather than read as a sequence of rows."""
+        if isinstance(images, (str, Path, np.ndarray, Image.Image)):
+            raise DataError(f"predict_batch: images must be a list of images, got one "
+                            f"{type(images).__name__} (use predict for a single image)")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"predict_batch: batch_size must be a positive integer, "
+                              f"got {batch_size!r}")
+        images = list(images)
         if isinstance(sentences, str):
             sentences = [sentences] * len(images)
+        sentences = list(sentences)
         if len(sentences) != len(images):
             raise DataError(f"predict_batch: {len(images)} images but {len(sentences)} sentences")
         from refseg.modeling.text.tokenizers import check_sentence

@@ -171,3 +171,37 @@ def test_a_train_state_holding_code_is_refused(parts, tmp_path):
     torch.save({"evil": os.system}, path / "train_state.pt")
     with pytest.raises(CheckpointError, match="train_state.pt"):
         checkpoint.load_train_state(path)
+
+
+def _drop_channels(meta):
+    del meta["config"]["model"]["channels"]
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.update(iteration="six"), "'iteration' must be a int, got 'six'"),
+    (lambda m: m.update(method=["x"]), r"'method' must be a str, got \['x'\]"),
+    (lambda m: m.update(config=[1]), r"'config' must be a dict, got \[1\]"),
+    (lambda m: m["thresholds"].update(no_target="0.7"),
+     r"thresholds\.no_target='0\.7': expected a number in \[0, 1\]"),
+    (lambda m: m["thresholds"].update(mask=None), r"thresholds\.mask=None: expected a number"),
+    (lambda m: m["thresholds"].update(instance=float("nan")), r"thresholds\.instance=nan"),
+    (_drop_channels, r"config\.json: model: missing config keys \['channels'\]"),
+    (lambda m: m["config"].update(extra=1), r"config\.json: unknown config keys \['extra'\]"),
+    (lambda m: m["config"].update(train=None), r"config\.json: train: expected an object"),
+])
+def test_a_hand_edited_checkpoint_config_is_a_one_line_error(parts, tmp_path, edit, message):
+    path = write(tmp_path / "ckpt", parts)
+    meta = json.loads((path / "config.json").read_text())
+    edit(meta)
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=message) as info:
+        checkpoint.load(path)
+    assert str(info.value).count("config.json") == 1  # the file is named once
+
+
+def test_a_config_json_that_is_a_folder_is_a_checkpoint_error(parts, tmp_path):
+    path = write(tmp_path / "ckpt", parts)
+    (path / "config.json").unlink()
+    (path / "config.json").mkdir()
+    with pytest.raises(CheckpointError, match=r"config\.json: cannot read"):
+        checkpoint.load(path)

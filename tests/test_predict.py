@@ -155,6 +155,30 @@ def test_predict_batch_equals_single_predictions(predictor, picture):
         predictor.predict_batch([picture, other], [SENTENCE, " "])
 
 
+def test_thresholds_are_range_checked_in_every_form(predictor, picture):
+    for bad in (Thresholds(no_target=5.0), Thresholds(mask=float("nan")),
+                {"instance": -0.1}, {"mask": True}, {"no_target": "0.3"}):
+        with pytest.raises(ConfigError, match=r"thresholds\.\w+=.*: expected a number in \[0, 1\]"):
+            predictor.predict(picture, SENTENCE, thresholds=bad)
+    numpy_float = predictor.predict(picture, SENTENCE, thresholds={"mask": np.float32(0.25)})
+    same(numpy_float, predictor.predict(picture, SENTENCE, thresholds={"mask": 0.25}))
+
+
+def test_predict_batch_refuses_a_single_image_and_bad_batch_sizes(predictor, picture, tmp_path):
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    for one in (picture, tmp_path / "a.png", str(tmp_path / "a.png"), Image.fromarray(picture)):
+        with pytest.raises(DataError, match="images must be a list of images, got one"):
+            predictor.predict_batch(one, SENTENCE)
+    for size in (0, -1, 2.0, True):
+        with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+            predictor.predict_batch([picture], SENTENCE, batch_size=size)
+    from_iterator = predictor.predict_batch(iter([picture, picture]), iter([SENTENCE, "square"]))
+    same(from_iterator[1], predictor.predict(picture, "square"))
+    with pytest.raises(DataError, match=r"image 0 \(Tensor\): expected a path, a PIL image or a "
+                                        r"numpy array, got Tensor"):
+        predictor.predict(torch.zeros(3, 8, 8), SENTENCE)
+
+
 def test_a_truncated_checkpoint_is_a_clear_error(ckpt, tmp_path, monkeypatch):
     import shutil
 

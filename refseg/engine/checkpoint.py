@@ -202,13 +202,19 @@ def read_meta(path: str | Path) -> dict:
         meta = json.loads(file.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing; not a refseg checkpoint") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{file}: truncated or not JSON ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{file}: cannot read ({exc.strerror})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{file}: not a refseg checkpoint config (format != {FORMAT})")
-    for key in ("method", "config", "thresholds"):
-        if key not in meta:
+    kinds = {"method": str, "config": dict, "thresholds": dict, "iteration": int}
+    for key, kind in kinds.items():
+        if key not in meta and key != "iteration":
             raise CheckpointError(f"{file}: missing key {key!r}")
+        if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
+            raise CheckpointError(f"{file}: {key!r} must be a {kind.__name__}, "
+                                  f"got {meta[key]!r:.60}")
     return meta
 
 
@@ -242,7 +248,9 @@ def read_config(path: str | Path, meta: dict | None = None) -> config_io.RunConf
         method = get_method(meta["method"])
         return config_io.from_dict(meta["config"], method.config_class, where=str(file))
     except ConfigError as exc:
-        raise CheckpointError(f"{file}: {exc}") from None
+        message = str(exc)  # from_dict's messages name the file already
+        raise CheckpointError(message if message.startswith(str(file))
+                              else f"{file}: {message}") from None
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, method: str) -> None:
@@ -300,9 +308,11 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
     load_weights(model, path, config.method)
     model.to(device).eval()
     try:
-        thresholds = Thresholds(**meta["thresholds"])
+        thresholds = Thresholds(**meta["thresholds"]).check(f"{path / CONFIG}: thresholds")
     except TypeError as exc:
         raise CheckpointError(f"{path / CONFIG}: thresholds: {exc}") from None
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
     return Loaded(path, config, model, tokenizer, thresholds, int(meta.get("iteration", 0)))
 
 

@@ -28,6 +28,21 @@ class Thresholds:
     instance: float = 0.5
     mask: float = 0.5
 
+    def check(self, where: str = "thresholds") -> "Thresholds":
+        """Self, when every field is a real number in [0, 1] (numpy floats included, bools
+        and nan not); else a ConfigError naming ``where`` and the field."""
+        import math
+        from numbers import Real
+
+        from refseg.errors import ConfigError
+
+        for name in ("no_target", "instance", "mask"):
+            value = getattr(self, name)
+            if (not isinstance(value, Real) or isinstance(value, bool)
+                    or not 0.0 <= float(value) <= 1.0 or math.isnan(value)):
+                raise ConfigError(f"{where}.{name}={value!r}: expected a number in [0, 1]")
+        return self
+
 
 @dataclass
 class Decision:
