@@ -185,6 +185,51 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(data, tmp_path):
     assert result.stopped == "time budget"
     assert result.iteration == 1
     assert checkpoint.read_meta(result.checkpoint)["iteration"] == 1
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["iteration"] for r in logged if "train" in r] == [1]  # the last steps are logged
+
+
+def test_data_images_defaults_to_the_root_images_folder(data, tmp_path):
+    run = tmp_path / "run"
+    train(run_config(data, "data.val_split=", "train.epochs=1", "data.images="), run,
+          progress=False)
+    assert json.loads((run / "config.json").read_text())["data"]["images"] == str(data / "images")
+    (data / "images").rename(data / "pictures")
+    with pytest.raises(ConfigError, match=r"data\.images is not set and .*images does not exist"):
+        train(run_config(data, "data.images="), tmp_path / "other", progress=False)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.image_size=0", "data.image_size=0: must be >= 1"),
+    ("data.nsc_prob=2.0", r"data.nsc_prob=2.0: must be in \[0, 1\]"),
+    ("data.num_workers=-1", "data.num_workers=-1: must be >= 0"),
+    ("model.thresholds.no_target=5.0", r"thresholds.no_target=5.0: expected a number in \[0, 1\]"),
+])
+def test_bad_data_and_threshold_values_are_config_errors(data, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        train(run_config(data, override), tmp_path / "run", progress=False)
+
+
+def test_a_second_process_in_a_used_run_directory_is_refused(data, tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(  # holds the lock the way a training process does
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from refseg.engine.trainer import _lock_run_dir\n"
+         "lock = _lock_run_dir(Path(sys.argv[1])); print('locked', flush=True); time.sleep(60)",
+         str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=rf"in use by another training process \(pid "
+                                              rf"{holder.pid}\)"):
+            train(run_config(data, "data.val_split="), run, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(run_config(data, "data.val_split="), run, progress=False).iteration == 6
 
 
 def test_run_directory_holds_config_logs_and_curves(data, tmp_path):
@@ -219,6 +264,21 @@ def test_overrides_may_follow_the_options():
         with pytest.raises(SystemExit) as exit_info:
             parse(argv)
         assert exit_info.value.code == 2
+
+
+def test_cli_train_takes_a_run_or_checkpoint_folder_and_checks_out_early(data, tmp_path,
+                                                                         capsys):
+    run = tmp_path / "run"
+    assert main(["train", "tinyfilm-test", f"data.root={data}", "data.val_split=",
+                 "train.epochs=1", "--out", str(run), "--no-progress"]) == 0
+    for source in (run, run / "checkpoints" / "last", run / "checkpoints" / "last" / "config.json"):
+        again = tmp_path / f"again_{len(list(tmp_path.iterdir()))}"
+        assert main(["train", str(source), "--out", str(again), "--no-progress"]) == 0
+        assert json.loads((again / "config.json").read_text()) == \
+            json.loads((run / "config.json").read_text())
+    (tmp_path / "afile").write_text("")
+    assert main(["train", str(run), "--out", str(tmp_path / "afile")]) == 2
+    assert "afile: exists and is not a folder" in capsys.readouterr().err
 
 
 def test_cli_train_from_saved_config_json(data, tmp_path):

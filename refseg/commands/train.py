@@ -7,7 +7,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "config", help="a named config (e.g. instalign-tiny) or a run's config.json"
+        "config", help="a named config (e.g. instalign-tiny), or a run's or checkpoint's "
+                       "config.json (or its folder)"
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
@@ -26,9 +27,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from refseg.engine.trainer import resolve_config, train
+    from refseg.io.atomic import check_output
 
     config = resolve_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    check_output(out, folder=True)  # before minutes of loading data and building the model
     result = train(config, out, resume=args.resume, progress=not args.no_progress)
     import os
 

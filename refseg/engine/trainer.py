@@ -10,6 +10,7 @@ uninterrupted run would have had.
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
@@ -119,13 +120,18 @@ def flat_config(config: RunConfig) -> dict:
 
 
 def resolve_config(spec: str, overrides: list[str]) -> RunConfig:
-    """A named config (``instalign-tiny``) or a saved config.json, with ``key=value``
-    overrides applied (type-checked; an unknown key is an error)."""
+    """A named config (``instalign-tiny``), a run's or a checkpoint's config.json, or their
+    directory, with ``key=value`` overrides applied (type-checked; an unknown key is an
+    error)."""
     from refseg.methods.registry import get_method, variant
 
     path = Path(spec)
+    if path.is_dir() and (path / "config.json").is_file():  # a run or checkpoint directory
+        path = path / "config.json"
     if path.suffix == ".json" or path.is_file():
         data = config_io.load_json(path)
+        if isinstance(data, dict) and data.get("format") == checkpoint.FORMAT:
+            data = data.get("config")  # a checkpoint's config.json wraps the run config
         if not isinstance(data, dict) or "method" not in data:
             raise ConfigError(f"{path}: not a refseg run config (no 'method')")
         config = config_io.from_dict(data, get_method(data["method"]).config_class, where=str(path))
@@ -199,6 +205,8 @@ class Trainer:
                 find_unused_parameters=True,  # ablations leave parts of a model unused
             )
         self.log = None
+        # Before the first write: a second process training into the same directory stops here.
+        self._lock = _lock_run_dir(self.run_dir) if ctx.is_main else None
         if ctx.is_main:
             config_io.save(config, self.run_dir / "config.json")
             self.log = RunLog(self.run_dir, resume_from=self.iteration if resume_from else None)
@@ -210,6 +218,19 @@ class Trainer:
             raise ConfigError(
                 "data.root is not set (the benchmark folder, e.g. data.root=data/synth)"
             )
+        if not data.images:  # the synthetic benchmark's layout; recorded in config.json
+            if not (Path(data.root) / "images").is_dir():
+                raise ConfigError(f"data.images is not set and {Path(data.root) / 'images'} "
+                                  "does not exist (give data.images=IMAGE_FOLDER)")
+            data.images = str(Path(data.root) / "images")
+        for key in ("image_size", "max_text_length"):
+            if getattr(data, key) < 1:
+                raise ConfigError(f"data.{key}={getattr(data, key)}: must be >= 1")
+        if data.num_workers < 0:
+            raise ConfigError(f"data.num_workers={data.num_workers}: must be >= 0")
+        if not 0.0 <= data.nsc_prob <= 1.0:
+            raise ConfigError(f"data.nsc_prob={data.nsc_prob}: must be in [0, 1]")
+        checkpoint.thresholds_of(self.config.model).check("model.thresholds")
         if cfg.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"train.amp={cfg.amp}: expected none, bf16 or fp16")
         if cfg.amp != "none" and self.ctx.device.type != "cuda":
@@ -408,7 +429,7 @@ class Trainer:
                 meter.add(losses)
                 bar.update(1)
                 done = self.iteration >= self.total_iters
-                if self.iteration % cfg.log_every == 0 or done:
+                if self.iteration % cfg.log_every == 0 or done or over:
                     self._log_train(meter.flush(cfg.batch_size), bar)
                 stopped = "time budget" if over and not done else "done"
                 finish = done or over
@@ -430,6 +451,8 @@ class Trainer:
             bar.close()
             if self.log is not None:
                 self.log.close()
+            if self._lock is not None:
+                self._lock.close()  # releases the run directory
         if self.ctx.is_main:
             from refseg.visualize import plot_curves
 
@@ -486,6 +509,31 @@ class Trainer:
                 thresholds=self.thresholds,
                 train_state=self._train_state(rng),
             )
+
+
+def _lock_run_dir(run_dir: Path):
+    """An exclusive lock on ``run_dir/.lock``, held while the returned file stays open: a
+    second training process in the same directory would interleave their checkpoints and
+    logs."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "?"
+        handle.close()
+        raise ConfigError(f"{run_dir}: in use by another training process (pid {owner}); "
+                          "wait for it or choose another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def train(

@@ -17,7 +17,8 @@ def _umask() -> int:
 
 def check_output(path: str | Path, *, folder: bool = False) -> Path:
     """Fail before any work, naming ``path``, when an output cannot go there: a folder given
-    for a file, a file given for a folder, or a file where a parent folder should be.
+    for a file, a file given for a folder, a file where a parent folder should be, or a
+    folder it would go in that this user cannot write.
 
     Raises:
         DataError: with the path and the reason.
@@ -34,6 +35,8 @@ def check_output(path: str | Path, *, folder: bool = False) -> Path:
         if ancestor.exists():
             if not ancestor.is_dir():
                 raise DataError(f"{path}: cannot be written, {ancestor} is a file")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise DataError(f"{path}: cannot be written, {ancestor} is not writable")
             break
     return path
 

@@ -238,7 +238,7 @@ def deris_tiny() -> RunConfig:
     return RunConfig(
         method="deris",
         model=model,
-        data=DataConfig(format="grefcoco", root="data/synth", images="data/synth/images",
+        data=DataConfig(format="grefcoco", root="data/synth",  # images: data/synth/images
                         image_size=64, max_text_length=16, nsc_prob=0.15, num_workers=0),
         # The linear decay ends at max_iters, about what 9 minutes allow on a 2-core CPU
         # (a decay over the 30 epochs would stop near its peak; docs/benchmarks.md).

@@ -189,7 +189,6 @@ def instalign_tiny() -> RunConfig:
         data=DataConfig(
             format="grefcoco",
             root="data/synth",
-            images="data/synth/images",
             image_size=64,
             max_text_length=16,  # synthetic sentences: up to 12 words + [CLS] [SEP]
             num_workers=0,
