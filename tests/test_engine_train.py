@@ -135,6 +135,25 @@ def test_resume_refuses_a_changed_config_but_allows_budget_keys(data, tmp_path):
     assert again.iteration == 2
 
 
+def test_resume_follows_moved_data_but_refuses_other_training_data(data, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    train(run_config(data, "data.val_split=", "train.epochs=2"), run, progress=False)
+    moved = shutil.copytree(data, tmp_path / "moved")
+    resumed = train(run_config(moved, "data.val_split=", "train.epochs=2"), run, resume=True,
+                    progress=False)
+    assert resumed.iteration == 4
+    refs = json.loads((moved / "grefs(unc).json").read_text())
+    first = next(r for r in refs if r["split"] == "train")
+    first["sentences"][0]["raw"] = first["sentences"][0]["sent"] = "another sentence"
+    (moved / "grefs(unc).json").write_text(json.dumps(refs))
+    with pytest.raises(ConfigError, match=r"--resume with another training split \(3 sentences "
+                                          r"now, 3 in the run"):
+        train(run_config(moved, "data.val_split=", "train.epochs=2"), run, resume=True,
+              progress=False)
+
+
 def test_nan_loss_stops_with_iteration_and_sent_ids_and_saves_nothing(data, tmp_path, monkeypatch):
     original = TinyFilm.loss
     calls = {"n": 0}

@@ -98,6 +98,17 @@ class LossMeter:
         return values
 
 
+def split_fingerprint(dataset) -> dict:
+    """What a resumed run must find again: the number of training sentences and a digest
+    of their ids, texts and referents (``data.root`` may move, the data may not change)."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for sample in dataset.samples:
+        digest.update(f"{sample.sent_id}\t{sample.sentence}\t{sample.ann_ids}\n".encode())
+    return {"sentences": len(dataset.samples), "sha1": digest.hexdigest()}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -196,7 +207,7 @@ class Trainer:
         self.step_lr = 0.0  # the learning rate of the last step taken
         self.best = None  # best primary validation metric so far
         if resume_from is not None:
-            self._restore(checkpoint.load_train_state(resume_from))
+            self._restore(checkpoint.load_train_state(resume_from), resume_from)
         self.wrapped = self.model
         if ctx.distributed:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
@@ -315,7 +326,14 @@ class Trainer:
             refers=scene_refers(self.config.data.root),  # None unless the synthetic benchmark
         )
 
-    def _restore(self, state: dict) -> None:
+    def _restore(self, state: dict, where: Path) -> None:
+        saved = state.get("train_split")  # absent in checkpoints written before it was kept
+        if saved is not None and saved != split_fingerprint(self.train_set):
+            raise ConfigError(
+                f"{where}: --resume with another training split ({len(self.train_set)} "
+                f"sentences now, {saved['sentences']} in the run, or the same number with other "
+                "sentences or referents); the saved position in the epoch would mean other data"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -339,6 +357,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "best": self.best,
             "rng": rng,
+            "train_split": split_fingerprint(self.train_set),
         }
 
     # ------------------------------------------------------------------------ loop
