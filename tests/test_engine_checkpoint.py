@@ -205,3 +205,15 @@ def test_a_config_json_that_is_a_folder_is_a_checkpoint_error(parts, tmp_path):
     (path / "config.json").mkdir()
     with pytest.raises(CheckpointError, match=r"config\.json: cannot read"):
         checkpoint.load(path)
+
+
+def test_weights_holding_nan_are_a_damaged_file(parts, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = write(tmp_path / "ckpt", parts)
+    state = load_file(str(path / "model.safetensors"))
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"1 tensors hold NaN or inf values, e.g. {name}"):
+        checkpoint.load(path)

@@ -306,6 +306,10 @@ def test_cli_predict_checks_batch_size_and_out(ckpt, picture, tmp_path, capsys, 
 def test_load_takes_the_device_by_position(ckpt, monkeypatch):
     register(monkeypatch)
     assert refseg.load(ckpt, "cpu").device == torch.device("cpu")
+    with pytest.raises(ConfigError, match="device=mps: refseg runs on cpu or cuda"):
+        refseg.load(ckpt, "mps")
+    with pytest.raises(ConfigError, match="device=gpu: not a device"):
+        refseg.load(ckpt, "gpu")
 
 
 def test_overlays_of_tall_narrow_pictures_stay_small(predictor):

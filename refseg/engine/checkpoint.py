@@ -254,7 +254,8 @@ def read_config(path: str | Path, meta: dict | None = None) -> config_io.RunConf
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, method: str) -> None:
-    """Strictly load ``<path>/model.safetensors`` into ``model`` (every key accounted for)."""
+    """Strictly load ``<path>/model.safetensors`` into ``model`` (every key accounted for,
+    every value finite)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -281,6 +282,10 @@ def load_weights(model: torch.nn.Module, path: str | Path, method: str) -> None:
             f"{file}: {len(wrong)} tensors of another shape, e.g. {k}: "
             f"{tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
         )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:  # training stops on a non-finite loss before saving, so the bytes were damaged
+        raise CheckpointError(f"{file}: {len(broken)} tensors hold NaN or inf values, e.g. "
+                              f"{broken[0]} (a damaged file)")
     model.load_state_dict(state, strict=True)
 
 

@@ -51,9 +51,12 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
         if preference == "cuda":
             return torch.device("cuda", local_rank)
     try:
-        return torch.device(preference)
+        device = torch.device(preference)
     except RuntimeError:
         raise ConfigError(f"device={preference}: not a device (auto, cpu, cuda)") from None
+    if device.type not in ("cpu", "cuda"):  # e.g. mps, xpu: refseg runs on CPU and CUDA
+        raise ConfigError(f"device={preference}: refseg runs on cpu or cuda")
+    return device
 
 
 def init(device: str = "auto") -> DistContext:
