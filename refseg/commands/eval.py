@@ -48,6 +48,8 @@ def _check(args: argparse.Namespace) -> None:
     from refseg.errors import ConfigError
     from refseg.io.atomic import check_output
 
+    if not Path(args.data).is_dir():
+        raise ConfigError(f"{args.data}: no such folder")
     if args.images is None:
         if not (Path(args.data) / "images").is_dir():
             raise ConfigError(f"{args.data}: no images folder there; give the image folder "

@@ -42,7 +42,8 @@ def segmentation_to_rle(segmentation: Any, h: int, w: int, *, where: str = "segm
 
     Raises:
         DataError: a polygon with fewer than 3 points, an odd number of coordinates or a
-            coordinate far outside the image (or not finite), an RLE of another size, counts that are malformed or do not cover h * w pixels.
+            coordinate far outside the image (or not finite), an RLE of another size,
+            counts that are malformed or do not cover h * w pixels.
     """
     if isinstance(segmentation, dict):
         return validate_rle(segmentation, h, w, where=where)

@@ -134,12 +134,14 @@ def resolve_config(spec: str, overrides: list[str]) -> RunConfig:
     """A named config (``instalign-tiny``), a run's or a checkpoint's config.json, or their
     directory, with ``key=value`` overrides applied (type-checked; an unknown key is an
     error)."""
-    from refseg.methods.registry import get_method, variant
+    from refseg.methods.registry import get_method, variant, variants
 
     path = Path(spec)
     if path.is_dir() and (path / "config.json").is_file():  # a run or checkpoint directory
         path = path / "config.json"
-    if path.suffix == ".json" or path.is_file():
+    if spec in variants():  # a name wins over a folder of that name in the working directory
+        config = variant(spec)
+    elif path.suffix == ".json" or path.is_file():
         data = config_io.load_json(path)
         if isinstance(data, dict) and data.get("format") == checkpoint.FORMAT:
             data = data.get("config")  # a checkpoint's config.json wraps the run config

@@ -88,7 +88,7 @@ def load_pickle(path: str | Path, *, allow_numpy: bool = False):
         raise DataError(f"{path}: not a readable pickle (truncated or empty)") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: a Python 2 string in the pickle is not UTF-8 ({exc})") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError,
             KeyError, IndexError, OverflowError, MemoryError, RecursionError,
             struct.error) as exc:
         raise DataError(f"{path}: not a readable pickle ({exc})") from None
