@@ -179,6 +179,19 @@ def test_torchrun_resume_after_a_kill_equals_the_uninterrupted_run(trained, tmp_
     assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
 
 
+@pytest.mark.slow
+def test_a_matching_failure_on_one_rank_stops_every_rank(trained, tmp_path):
+    data, _ = trained
+    run = tmp_path / "run"
+    done = torchrun("train", "tinyfilm-test", f"data.root={data}", "data.val_split=",
+                    "train.batch_size=4", "train.max_iters=8", "train.checkpoint_every=2",
+                    "--out", str(run), "--no-progress", ok=False, timeout=120,
+                    REFSEG_TEST_UNMATCHED_AT="3")  # a hang here is a TimeoutExpired
+    assert "non-finite matching cost (injected on rank 1) at iteration 3" in done.stderr
+    assert "non-finite matching cost (on another process) at iteration 3" in done.stderr
+    assert checkpoint.read_meta(run / "checkpoints" / "last")["iteration"] == 2
+
+
 def test_eval_reports_a_corrupt_image_by_name(trained, tmp_path, capsys):
     from refseg.data.load import load_split
 

@@ -372,18 +372,26 @@ class Trainer:
         is spent (agreed by all ranks)."""
         cfg = self.config.train
         batch = batch.to(self.ctx.device)
+        unmatched = None  # diverged predictions reach the matcher before the loss
         with distributed.autocast(self.ctx.device, cfg.amp):
             outputs = self.wrapped(batch)
             try:
                 losses = self.model.loss(outputs, batch)
-            except NonFiniteCost as exc:  # diverged predictions reach the matcher first
-                raise self._nonfinite(f"matching cost ({exc})", {}, batch.sent_ids) from None
-        loss = losses["loss"]
-        nonfinite, over = distributed.any_rank(
-            [not bool(torch.isfinite(loss)), self.over_budget()], self.ctx.device
+            except NonFiniteCost as exc:
+                unmatched, losses = str(exc), {}
+        # Every rank takes part in this one agreement, whatever failed where (a rank that
+        # stopped alone would leave the others waiting in a collective for ever).
+        failed_match, nonfinite, over = distributed.any_rank(
+            [unmatched is not None,
+             unmatched is None and not bool(torch.isfinite(losses["loss"])),
+             self.over_budget()], self.ctx.device,
         )
+        if failed_match:
+            cause = unmatched or "on another process"
+            raise self._nonfinite(f"matching cost ({cause})", {}, batch.sent_ids)
         if nonfinite:
             raise self._nonfinite("loss", losses, batch.sent_ids)
+        loss = losses["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
