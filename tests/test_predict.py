@@ -284,10 +284,15 @@ def test_cli_predict_never_overwrites_its_input_images(ckpt, picture, tmp_path, 
     args = ["predict", str(ckpt), "--text", SENTENCE, "--device", "cpu", "--out", str(tmp_path)]
     for image in (tmp_path, tmp_path / "a.png"):  # the folder, or the image in its own folder
         assert main([*args, "--image", str(image)]) == 2
-        assert "the output would overwrite this input image" in capsys.readouterr().err
+        assert "the output would overwrite the input image" in capsys.readouterr().err
     assert (tmp_path / "a.png").read_bytes() == before and not (tmp_path / "a.json").exists()
     assert main([*args, "--image", str(tmp_path / "a.png"), "--no-overlay"]) == 0
     assert (tmp_path / "a.png").read_bytes() == before and (tmp_path / "a.json").is_file()
+    upper = tmp_path / "upper"  # B.PNG and the overlay B.png are one file on macOS / Windows
+    upper.mkdir()
+    Image.fromarray(picture).save(upper / "B.PNG", format="PNG")
+    assert main([*args[:-1], str(upper), "--image", str(upper)]) == 2
+    assert "B.png: the output would overwrite the input image" in capsys.readouterr().err
 
 
 def test_cli_predict_checks_batch_size_and_out(ckpt, picture, tmp_path, capsys, monkeypatch):

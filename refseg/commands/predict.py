@@ -64,13 +64,14 @@ def check_outputs(images: list, out, overlay: bool) -> None:
 
     out = check_output(out, folder=True)
     suffixes = (".json", ".png") if overlay else (".json",)
-    inputs = {Path(p).resolve() for p in images}
+    # Compared case-folded: on macOS or Windows a.PNG and the overlay a.png are one file.
+    inputs = {str(Path(p).resolve()).casefold() for p in images}
     for image in images:
         for suffix in suffixes:
             target = (out / f"{Path(image).stem}{suffix}").resolve()
-            if target in inputs:
-                raise DataError(f"{target}: the output would overwrite this input image; "
-                                "give another --out folder")
+            if str(target).casefold() in inputs:
+                raise DataError(f"{target}: the output would overwrite the input image "
+                                f"{image}; give another --out folder")
 
 
 def result_record(image, sentence: str, result, thresholds) -> dict:
