@@ -323,6 +323,23 @@ def test_argument_errors(tmp_path):
     with pytest.raises(ConfigError, match="--out"):
         generate(tmp_path / "file", images=4)
     assert main(["synth", "--out", str(tmp_path), "--images", "2"]) == 2
+    with pytest.raises(ConfigError, match="--out is empty"):
+        generate("", images=4)
+
+
+def test_a_benchmark_synth_did_not_write_is_not_overwritten(tmp_path):
+    real = tmp_path / "refcoco"
+    real.mkdir()
+    for name in ("refs(unc).p", "refs(google).p", "instances.json"):
+        (real / name).write_text("the user's own")
+    with pytest.raises(ConfigError, match=r"holds refs\(google\)\.p, refs\(unc\)\.p that "
+                                          r"refseg synth did not write"):
+        generate(real, layout="refcoco", images=4, size=48)
+    assert all((real / n).read_text() == "the user's own"
+               for n in ("refs(unc).p", "refs(google).p", "instances.json"))
+    again = generate(tmp_path / "mine", layout="refcoco", images=4, size=48)
+    generate(again, layout="grefcoco", images=4, size=48)  # its own output: rewritten
+    assert (again / "grefs(unc).json").is_file() and not (again / "refs(unc).p").exists()
 
 
 def test_layout_tables_are_consistent():

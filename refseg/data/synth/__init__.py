@@ -47,7 +47,8 @@ def generate(out: str | Path, *, layout: str = "grefcoco", images: int = 1000,
 
     Args:
         out: the data directory (created if missing). Refs files and scene files a
-            previous run left there are removed first.
+            previous run left there are removed first; a folder holding another
+            benchmark's refs file is refused.
         layout: one of `refseg.data.types.FORMATS`.
         images: total number of images over all splits (at least 4).
         size: side of the square images in pixels (objects scale with it).
@@ -57,7 +58,10 @@ def generate(out: str | Path, *, layout: str = "grefcoco", images: int = 1000,
         ConfigError: an argument is out of range.
     """
     _check(layout, images, size, seed)
+    if not str(out):
+        raise ConfigError("--out is empty (give the data directory to write)")
     out = Path(out)
+    _refuse_foreign_benchmark(out)
     try:
         (out / "images").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -73,6 +77,19 @@ def generate(out: str | Path, *, layout: str = "grefcoco", images: int = 1000,
                indent=1)
     write_refs(out / REFS_FILES[layout], layout, refs)
     return out
+
+
+def _refuse_foreign_benchmark(out: Path) -> None:
+    """A folder holding a refs file but no ``synth_scenes.json`` is a benchmark this
+    generator did not write (it writes the scenes file before any refs file): replacing
+    its refs and instances.json would destroy it."""
+    if not out.is_dir() or (out / SCENES_FILE).exists():
+        return
+    foreign = sorted({p.name for p in out.glob("*refs(*)*")} | {
+        name for name in REFS_FILES.values() if (out / name).exists()})
+    if foreign:
+        raise ConfigError(f"--out {out}: holds {', '.join(foreign)} that refseg synth did not "
+                          "write (no synth_scenes.json); choose another folder")
 
 
 def _check(layout, images, size, seed):
