@@ -19,6 +19,7 @@ PALETTE = (
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 )
 NO_TARGET_RED = (200, 30, 30)
+MERGED_ONLY_WHITE = (255, 255, 255)  # merged-mask pixels no kept instance covers
 MIN_WIDTH = 384  # smaller pictures are enlarged (nearest) so that the text stays legible
 MAX_ZOOMED_SIDE = 4096  # ... but never beyond this (a 400 x 2 picture is not made 76,800 tall)
 
@@ -37,8 +38,8 @@ def _tint(canvas: np.ndarray, mask: np.ndarray, colour, alpha: float) -> None:
 def overlay(image: np.ndarray, result: RefResult, sentence: str, *, alpha: float = 0.5):
     """An overlay picture of one prediction.
 
-    Each instance is tinted in its own colour with its box and score; without instances
-    the merged mask is tinted. A header above the image holds the sentence, and a red
+    Each instance is tinted in its own colour with its box and score, and merged-mask
+    pixels that no instance covers in white; without instances the merged mask is tinted. A header above the image holds the sentence, and a red
     "NO TARGET" banner when the model decided that nothing is referred to. Pictures
     narrower than `MIN_WIDTH` are enlarged by an integer factor first (up to a side of
     `MAX_ZOOMED_SIDE`).
@@ -56,13 +57,18 @@ def overlay(image: np.ndarray, result: RefResult, sentence: str, *, alpha: float
     h, w = image.shape[:2]
     zoom = max(1, min(-(-MIN_WIDTH // w), MAX_ZOOMED_SIDE // h))  # ceil; 1 if wide enough
     canvas = _enlarge(image, zoom).astype(np.float32)
+    merged = np.asarray(result.mask, bool) if not result.no_target else np.zeros((h, w), bool)
     if result.instances:
+        covered = np.zeros((h, w), bool)
         for k, inst in enumerate(result.instances):
             if inst.mask is not None:
+                covered |= np.asarray(inst.mask, bool)
                 mask = _enlarge(np.asarray(inst.mask, bool), zoom)
                 _tint(canvas, mask, PALETTE[k % len(PALETTE)], alpha)
-    elif not result.no_target:
-        _tint(canvas, _enlarge(np.asarray(result.mask, bool), zoom), PALETTE[0], alpha)
+        # The merged mask (what the JSON's "mask" holds) beyond every instance, in white.
+        _tint(canvas, _enlarge(merged & ~covered, zoom), MERGED_ONLY_WHITE, alpha)
+    else:
+        _tint(canvas, _enlarge(merged, zoom), PALETTE[0], alpha)
     picture = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
     size = max(12, min(picture.width, 1600) // 40)
     font = _font(size)

@@ -317,6 +317,25 @@ def test_load_takes_the_device_by_position(ckpt, monkeypatch):
         refseg.load(ckpt, "gpu")
 
 
+def test_overlays_show_the_merged_mask_beyond_the_instances():
+    from refseg.data.types import Instance, RefResult
+    from refseg.visualize import MERGED_ONLY_WHITE, PALETTE, overlay
+
+    image = np.zeros((400, 400, 3), np.uint8)  # wide enough not to be enlarged
+    inst = np.zeros((400, 400), bool)
+    inst[100:200, 100:200] = True
+    merged = inst.copy()
+    merged[300:310, 300:310] = True  # merged-mask pixels no instance covers
+    result = RefResult(False, 0.1, merged, [Instance((100, 100, 200, 200), 0.9, inst)])
+    picture = np.asarray(overlay(image, result, "x"))
+    body = picture[picture.shape[0] - 400:]  # below the header
+    assert tuple(body[305, 305]) == tuple(round(v / 2) for v in MERGED_ONLY_WHITE)
+    assert tuple(body[170, 170]) == tuple(round(v / 2) for v in PALETTE[0])  # inside the box
+    assert not body[250, 250].any()
+    nothing = np.asarray(overlay(image, RefResult(True, 0.9, merged, []), "x"))
+    assert not nothing[nothing.shape[0] - 400:][305, 305].any()  # no-target: nothing tinted
+
+
 def test_overlays_of_tall_narrow_pictures_stay_small(predictor):
     from refseg.visualize import MAX_ZOOMED_SIDE, overlay
 
