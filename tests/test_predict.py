@@ -384,3 +384,6 @@ def test_folders_list_every_image_suffix_pillow_reads(tmp_path):
     for name in ("a.avif", "b.JPG", "c.tiff", "notes.txt", "d.webp"):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in list_images(tmp_path)] == ["a.avif", "b.JPG", "c.tiff", "d.webp"]
+    (tmp_path / "e.png").symlink_to(tmp_path / "gone.png")  # broken: listed, then reported
+    (tmp_path / "sub.png").mkdir()  # a folder with an image's name is not an image
+    assert [p.name for p in list_images(tmp_path)][-2:] == ["d.webp", "e.png"]

@@ -40,7 +40,9 @@ def list_images(path) -> list:
         return [path]
     if not path.is_dir():
         raise DataError(f"{path}: no such image or folder")
-    found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    # A broken link is listed too, so that it is reported as unreadable, not skipped unseen.
+    found = sorted(p for p in path.iterdir() if (p.is_file() or p.is_symlink() and not p.exists())
+                   and p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise DataError(f"{path}: no image files in this folder ({suffixes})")
