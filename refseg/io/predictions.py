@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import codecs
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from refseg.data.types import Instance, Prediction, RefResult
 from refseg.errors import DataError, PredictionError
 from refseg.io.atomic import atomic_path
+from refseg.io.values import is_finite, is_int, is_number
 
 FIELDS = {"sent_id", "mask", "no_target", "no_target_score", "instances"}
 INSTANCE_FIELDS = {"box", "score", "mask"}
@@ -133,7 +133,7 @@ def _parse_record(record: Any, source: str,
         raise PredictionError(f"{at}: no 'sent_id' (a predictions file is a JSON list of "
                               "records, or JSON Lines with one record per line)")
     sent_id = record["sent_id"]
-    if not _is_int(sent_id):
+    if not is_int(sent_id):
         raise PredictionError(f"{at}: 'sent_id' must be an integer, got {sent_id!r}")
     where = f"{source}: sent_id {sent_id}"
     unknown = set(record) - FIELDS
@@ -147,7 +147,7 @@ def _parse_record(record: Any, source: str,
     if no_target is not None and not isinstance(no_target, bool):
         raise PredictionError(f"{where}: 'no_target' must be true or false, got {no_target!r}")
     score = record.get("no_target_score")
-    if score is not None and not (_is_number(score) and 0.0 <= score <= 1.0):
+    if score is not None and not (is_number(score) and 0.0 <= score <= 1.0):
         raise PredictionError(
             f"{where}: 'no_target_score' must be a number in [0, 1], got {score!r}")
     instances = []
@@ -177,7 +177,7 @@ def _parse_instance(inst: Any, where: str) -> tuple[Instance, dict | None]:
         type(box) is not list
         or len(box) != 4
         or not all(type(v) in (int, float) for v in box)
-        or not all(map(_finite, box))
+        or not all(map(is_finite, box))
     ):
         raise PredictionError(
             f"{where}: 'box' must be [x1, y1, x2, y2] (finite numbers), got {box!r}"
@@ -187,7 +187,7 @@ def _parse_instance(inst: Any, where: str) -> tuple[Instance, dict | None]:
             f"{where}: 'box' {box} has x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)"
         )
     score = inst.get("score")
-    if not _is_number(score) or not _finite(score):
+    if not is_number(score) or not is_finite(score):
         raise PredictionError(f"{where}: 'score' must be a finite number, got {score!r}")
     rle = None if inst.get("mask") is None else _rle_fields(inst["mask"], f"{where}: mask")
     return Instance(tuple(float(v) for v in box), float(score), rle), rle
@@ -198,7 +198,7 @@ def _rle_fields(rle: Any, where: str) -> dict:
     if not isinstance(rle, dict) or set(rle) != {"size", "counts"}:
         raise PredictionError(f"{where}: expected an RLE {{'size': [h, w], 'counts': str}}")
     size = rle["size"]
-    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) and v > 0 for v in size):
+    if not isinstance(size, list) or len(size) != 2 or not all(is_int(v) and v > 0 for v in size):
         raise PredictionError(f"{where}: RLE size must be [height, width] (positive), got {size!r}")
     counts = rle["counts"]
     if isinstance(counts, list):
@@ -227,20 +227,6 @@ def _check_rles(rles: list[tuple[str, dict]]) -> None:
         )
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _finite(value: int | float) -> bool:
-    """math.isfinite, False (not OverflowError) for an integer too large for a float."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 # --- writing ----------------------------------------------------------------------------
