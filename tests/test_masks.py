@@ -54,6 +54,7 @@ def test_four_coordinate_polygon_is_rejected_not_read_as_a_box():
         ([[0, 0, 4, 0, 4, float("nan")]], "point 2: y = nan lies far outside"),
         ([rect(0, 0, 2, 2), [0, 0, 1e9, 0, 4, 4]], "polygon 1, point 1: x = 1000000000.0"),
         ([[0, -12.5, 4, 0, 4, 4]], "point 0: y = -12.5 lies far outside"),
+        ([[0, 0, 10**400, 0, 4, 4]], "point 1: x = inf lies far outside"),
         ([], "empty"),
         ("polygon", "must be polygons or an RLE"),
         ({"counts": "abc"}, "'size' and 'counts'"),

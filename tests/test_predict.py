@@ -157,7 +157,7 @@ def test_predict_batch_equals_single_predictions(predictor, picture):
 
 def test_thresholds_are_range_checked_in_every_form(predictor, picture):
     for bad in (Thresholds(no_target=5.0), Thresholds(mask=float("nan")),
-                {"instance": -0.1}, {"mask": True}, {"no_target": "0.3"}):
+                {"instance": -0.1}, {"mask": True}, {"no_target": "0.3"}, {"mask": 10**400}):
         with pytest.raises(ConfigError, match=r"thresholds\.\w+=.*: expected a number in \[0, 1\]"):
             predictor.predict(picture, SENTENCE, thresholds=bad)
     numpy_float = predictor.predict(picture, SENTENCE, thresholds={"mask": np.float32(0.25)})

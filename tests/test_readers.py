@@ -264,7 +264,7 @@ def test_instances_records_are_checked_where_they_are_indexed(tmp_path):
                f"{height!r} x 30" in msg
     images = [dict(IMAGES[0], height=20.0)] + IMAGES[1:]  # a whole float is a size
     assert load_split("refcoco", _write(tmp_path, ref, images=images), "val").images[1].height == 20
-    for bbox in ([2, 2, None, 6], [2, 2, "8", 6], [2, 2, float("inf"), 6]):
+    for bbox in ([2, 2, None, 6], [2, 2, "8", 6], [2, 2, float("inf"), 6], [2, 2, 10**400, 6]):
         anns = [dict(a, bbox=bbox) if a["id"] == 11 else a for a in annotations()]
         msg = _error("refcoco", _write(tmp_path, ref, anns=anns))
         assert "instances.json: annotation 11: bbox must be [x, y, w, h] of finite numbers" in msg

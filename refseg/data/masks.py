@@ -10,6 +10,7 @@ past the end of the output buffer. Every RLE from a file is therefore checked he
 
 from __future__ import annotations
 
+import math
 import warnings
 from numbers import Integral, Real
 from typing import Any
@@ -71,7 +72,7 @@ def _check_polygon(polygon: Any, index: int, h: int, w: int, where: str) -> list
             f"{where}: polygon {index} has {len(polygon)} coordinates; a polygon needs an even "
             "number and at least 3 points (6 coordinates)"
         )
-    coords = [float(v) for v in polygon]
+    coords = [_coordinate(v) for v in polygon]
     for k, v in enumerate(coords):
         side = w if k % 2 == 0 else h
         if not -side <= v <= 2 * side:  # also refuses nan
@@ -79,6 +80,14 @@ def _check_polygon(polygon: Any, index: int, h: int, w: int, where: str) -> list
             raise DataError(f"{where}: polygon {index}, point {k // 2}: {axis} = {v} lies far "
                             f"outside the {w} x {h} image")
     return coords
+
+
+def _coordinate(value: Real) -> float:
+    """float(value); an integer too large for a float becomes an infinity of its sign."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def validate_rle(rle: Any, h: int, w: int, *, where: str = "RLE") -> RLE:

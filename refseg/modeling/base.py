@@ -31,15 +31,14 @@ class Thresholds:
     def check(self, where: str = "thresholds") -> "Thresholds":
         """Self, when every field is a real number in [0, 1] (numpy floats included, bools
         and nan not); else a ConfigError naming ``where`` and the field."""
-        import math
         from numbers import Real
 
         from refseg.errors import ConfigError
 
         for name in ("no_target", "instance", "mask"):
             value = getattr(self, name)
-            if (not isinstance(value, Real) or isinstance(value, bool)
-                    or not 0.0 <= float(value) <= 1.0 or math.isnan(value)):
+            # A comparison, not float(): nan fails it, and a huge int does not overflow.
+            if not isinstance(value, Real) or isinstance(value, bool) or not 0 <= value <= 1:
                 raise ConfigError(f"{where}.{name}={value!r}: expected a number in [0, 1]")
         return self
 

@@ -10,7 +10,6 @@ import contextlib
 import gc
 import glob
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from refseg.data.dataset import RefDataset
 from refseg.data.types import Annotation, ImageInfo, Sample
 from refseg.errors import DataError
 from refseg.io.safe_pickle import load_pickle
+from refseg.io.values import is_finite, is_int, is_number
 
 REQUIRED_REF_FIELDS = ("ref_id", "image_id", "ann_id", "split", "sentences")
 
@@ -179,7 +179,7 @@ def _index_instances(path: Path) -> tuple[dict[int, dict], dict[int, dict]]:
             if not isinstance(rec, dict) or "id" not in rec:
                 raise DataError(f"{path}: {key}[{i}] has no 'id'")
             rec_id = rec["id"]
-            if not _is_int(rec_id):
+            if not is_int(rec_id):
                 raise DataError(f"{path}: {key}[{i}]: id {rec_id!r} is not an integer")
             if rec_id in by_id:
                 raise DataError(f"{path}: {key}[{i}]: duplicate id {rec_id} "
@@ -213,7 +213,7 @@ class _SplitBuilder:
             if name not in ref:
                 raise DataError(f"{where}: missing field '{name}'")
         for name in ("ref_id", "image_id"):
-            if not _is_int(ref[name]):
+            if not is_int(ref[name]):
                 raise DataError(f"{where}: {name} {ref[name]!r} is not an integer")
         self.reader.check_ref(ref, where)
         sentences = ref["sentences"]
@@ -314,7 +314,7 @@ class _SplitBuilder:
             raise DataError(f"{where_a}: image_id {rec['image_id']} not in 'images'")
         bbox = rec["bbox"]
         if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
-                and all(_is_number(v) for v in bbox)):
+                and all(is_number(v) and is_finite(v) for v in bbox)):
             raise DataError(f"{where_a}: bbox must be [x, y, w, h] of finite numbers, "
                             f"got {bbox!r}")
         ann = Annotation(
@@ -351,7 +351,7 @@ def _sent_id(ref: dict, i: int, sent: dict, where: str) -> int:
         if not isinstance(ids, list) or i >= len(ids):
             raise DataError(f"{where}: sentence {i} has no 'sent_id'")
         sent_id = ids[i]
-    if not _is_int(sent_id):
+    if not is_int(sent_id):
         raise DataError(f"{where}: sent_id {sent_id!r} is not an integer")
     return int(sent_id)
 
@@ -361,22 +361,14 @@ def ann_id_list(ref: dict, where: str) -> list[int]:
     value = ref["ann_id"]
     ids = value if isinstance(value, list) else [value]
     for a in ids:
-        if not _is_int(a):
+        if not is_int(a):
             raise DataError(f"{where}: ann_id {value!r} holds a non-integer")
     return [int(a) for a in ids]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_whole(value: Any) -> bool:
     """An int, or a float with no fraction (480.0, as some JSON writers store sizes)."""
-    return _is_int(value) or (isinstance(value, float) and value.is_integer())
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    return is_int(value) or (isinstance(value, float) and value.is_integer())
 
 
 def _folder(data: Path) -> Path:
