@@ -192,6 +192,7 @@ class Trainer:
         self._check_config()
         self.start_time = time.monotonic()
         self.train_set, self.val_set = self._load_data()
+        self.train_fingerprint = split_fingerprint(self.train_set)  # once, saved with each save
         resume_from = self.checkpoints.last() if resume else None
         if not resume and self.checkpoints.last() is not None:
             raise ConfigError(
@@ -330,7 +331,7 @@ class Trainer:
 
     def _restore(self, state: dict, where: Path) -> None:
         saved = state.get("train_split")  # absent in checkpoints written before it was kept
-        if saved is not None and saved != split_fingerprint(self.train_set):
+        if saved is not None and saved != self.train_fingerprint:
             raise ConfigError(
                 f"{where}: --resume with another training split ({len(self.train_set)} "
                 f"sentences now, {saved['sentences']} in the run, or the same number with other "
@@ -359,7 +360,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "best": self.best,
             "rng": rng,
-            "train_split": split_fingerprint(self.train_set),
+            "train_split": self.train_fingerprint,
         }
 
     # ------------------------------------------------------------------------ loop
