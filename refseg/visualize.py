@@ -39,8 +39,9 @@ def overlay(image: np.ndarray, result: RefResult, sentence: str, *, alpha: float
     """An overlay picture of one prediction.
 
     Each instance is tinted in its own colour with its box and score, and merged-mask
-    pixels that no instance covers in white; without instances the merged mask is tinted. A header above the image holds the sentence, and a red
-    "NO TARGET" banner when the model decided that nothing is referred to. Pictures
+    pixels that no instance covers in white; without instances the merged mask is
+    tinted. A header above the image holds the sentence, and a red "NO TARGET" banner
+    when the model decided that nothing is referred to. Pictures
     narrower than `MIN_WIDTH` are enlarged by an integer factor first (up to a side of
     `MAX_ZOOMED_SIDE`).
 
