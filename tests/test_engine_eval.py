@@ -286,6 +286,9 @@ def test_eval_reads_data_images_by_default_and_refuses_early_without(trained, tm
     err = capsys.readouterr().err
     assert "no images folder there; give the image folder with --images DIR" in err
     assert "eval val" not in err  # refused before loading the model or any progress bar
+    argv[argv.index("--data") + 1] = str(tmp_path / "nowhere")
+    assert main(argv) == 2
+    assert f"{tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
 
 
 def test_eval_bad_threshold_is_a_one_line_error(trained, capsys):
