@@ -160,5 +160,32 @@ def test_a_utf8_byte_order_mark_is_skipped(tmp_path):
     assert [p.sent_id for p in read_predictions(tmp_path / "p.json")] == [1]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32-be"])
+def test_utf16_and_utf32_files_are_read(tmp_path, encoding):
+    """PowerShell's `>` writes UTF-16 with a BOM; JSON allows UTF-16/32 with or without."""
+    records = [{"sent_id": 1, "mask": RLE}, {"sent_id": 2, "mask": RLE, "no_target": True}]
+    (tmp_path / "p.json").write_bytes(json.dumps(records).encode(encoding))
+    lines = "".join(json.dumps(r) + "\r\n" for r in records)
+    (tmp_path / "p.jsonl").write_bytes(lines.encode(encoding))
+    for name in ("p.json", "p.jsonl"):
+        preds = read_predictions(tmp_path / name)
+        assert [(p.sent_id, p.no_target, p.mask) for p in preds] == [
+            (1, False, RLE), (2, True, RLE)]
+
+
+def test_a_line_separator_inside_a_string_does_not_split_a_json_line(tmp_path):
+    """JSON strings may hold U+2028 raw; the record must reach the field checks whole."""
+    text = '{"sent_id": 1, "mask": %s, "note\u2028": 1}\n' % json.dumps(RLE)
+    (tmp_path / "p.jsonl").write_text(text, encoding="utf-8")
+    with pytest.raises(PredictionError, match="sent_id 1: unknown field"):
+        read_predictions(tmp_path / "p.jsonl")
+
+
+def test_undecodable_bytes_are_a_one_line_error(tmp_path):
+    (tmp_path / "p.jsonl").write_bytes(b'{"sent_id": 1, "mask": "\xff\xfe\xfd"}\n')
+    with pytest.raises(PredictionError, match=r"p.jsonl: not valid UTF-8 text"):
+        read_predictions(tmp_path / "p.jsonl")
+
+
 def test_empty_list_is_no_predictions(tmp_path):
     assert read_predictions(_write(tmp_path, [])) == []

@@ -17,7 +17,6 @@ the predictions are scored.
 
 from __future__ import annotations
 
-import codecs
 import json
 from pathlib import Path
 from typing import Any
@@ -48,29 +47,41 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     return parse_predictions(_load_records(text, path), str(path))
 
 
-def _load_records(text: bytes, path: Path) -> list[tuple[str, Any]]:
+def _load_records(data: bytes, path: Path) -> list[tuple[str, Any]]:
     """(location, decoded object) per record; location is 'line N' or 'record N'."""
-    if text.startswith(codecs.BOM_UTF8):  # as some editors save UTF-8
-        text = text[len(codecs.BOM_UTF8):]
-    stripped = text.lstrip()
-    if stripped.startswith(b"["):
+    text = _decode(data, path)
+    if text.lstrip().startswith("["):
         try:
             records = json.loads(text, object_pairs_hook=_no_repeated_keys)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise PredictionError(f"{path}: not valid JSON ({_why(exc)})") from None
         return [(f"record {i}", r) for i, r in enumerate(records)]
     out = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: str.splitlines would also split at U+2028, which JSON strings may hold.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             out.append((f"line {number}", json.loads(line, object_pairs_hook=_no_repeated_keys)))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise PredictionError(
                 f"{path}: line {number}: not valid JSON ({_why(exc)}); expected a JSON list or "
                 "JSON Lines"
             ) from None
     return out
+
+
+def _decode(data: bytes, path: Path) -> str:
+    """The file's text: UTF-8, or UTF-16/32 as JSON allows (told by a BOM or the null
+    bytes around the first ASCII characters, json.detect_encoding); a BOM is dropped."""
+    encoding = json.detect_encoding(data)
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise PredictionError(
+            f"{path}: not valid {encoding.upper()} text ({exc.reason} at byte {exc.start})"
+        ) from None
+    return text.removeprefix("\ufeff")
 
 
 class _RepeatedKey(json.JSONDecodeError):
