@@ -252,6 +252,14 @@ def test_cli_predict_single_corrupt_image_is_an_error(ckpt, tmp_path, capsys, mo
     code = main(["predict", str(ckpt), "--image", str(tmp_path / "x.jpg"), "--text", SENTENCE,
                  "--out", str(tmp_path / "o"), "--device", "cpu"])
     assert code == 2 and "x.jpg" in capsys.readouterr().err
+    # ... before the checkpoint is read: a damaged checkpoint is not what is reported.
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{")
+    code = main(["predict", str(tmp_path / "broken"), "--image", str(tmp_path / "x.jpg"),
+                 "--text", SENTENCE, "--out", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "x.jpg" in err and "config.json" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_predict_rejects_empty_folders_clashing_names_and_bad_thresholds(

@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
     from refseg.errors import DataError
     from refseg.io.atomic import write_json
+    from refseg.io.images import load_image
     from refseg.modeling.text.tokenizers import check_sentence
     from refseg.predictor import load, merge_thresholds, parse_threshold_overrides
     from refseg.visualize import save_overlay
@@ -116,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     images = list_images(args.image)
     folder = Path(args.image).is_dir()
     check_outputs(images, args.out, overlay=not args.no_overlay)
+    # A lone image is read before the checkpoint, so that a bad one fails at once.
+    loaded = {} if folder else {images[0]: load_image(images[0], where=str(images[0]))}
     predictor = load(args.checkpoint, device=args.device)
     thresholds = merge_thresholds(predictor.thresholds, overrides,
                                   predictor.model.threshold_keys)
@@ -128,11 +131,9 @@ def run(args: argparse.Namespace) -> int:
         chunk, pixels = [], []
         for path in images[start : start + args.batch_size]:
             try:
-                pixels.append(predictor.load_pixels(path))
+                pixels.append(loaded.pop(path) if path in loaded else predictor.load_pixels(path))
                 chunk.append(path)
             except DataError as exc:
-                if not folder:
-                    raise
                 failures += 1
                 bar.write(f"refseg predict: skipped: {exc}", file=sys.stderr)
                 bar.update(1)
