@@ -284,7 +284,7 @@ def test_eval_reads_data_images_by_default_and_refuses_early_without(trained, tm
             "--split", "val"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "no images folder there; give the image folder with --images DIR" in err
+    assert "images does not exist; give the image folder with --images DIR" in err
     assert "eval val" not in err  # refused before loading the model or any progress bar
     argv[argv.index("--data") + 1] = str(tmp_path / "nowhere")
     assert main(argv) == 2

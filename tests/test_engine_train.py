@@ -214,7 +214,8 @@ def test_data_images_defaults_to_the_root_images_folder(data, tmp_path):
           progress=False)
     assert json.loads((run / "config.json").read_text())["data"]["images"] == str(data / "images")
     (data / "images").rename(data / "pictures")
-    with pytest.raises(ConfigError, match=r"data\.images is not set and .*images does not exist"):
+    with pytest.raises(ConfigError, match=r"no image folder given and .*images does not exist; "
+                                          r"give the image folder with data\.images="):
         train(run_config(data, "data.images="), tmp_path / "other", progress=False)
 
 

@@ -45,16 +45,14 @@ def _check(args: argparse.Namespace) -> None:
     """Refuse what would fail only after the model is loaded; fill in the image folder."""
     from pathlib import Path
 
+    from refseg.data.load import default_images
     from refseg.errors import ConfigError
     from refseg.io.atomic import check_output
 
     if not Path(args.data).is_dir():
         raise ConfigError(f"{args.data}: no such folder")
     if args.images is None:
-        if not (Path(args.data) / "images").is_dir():
-            raise ConfigError(f"{args.data}: no images folder there; give the image folder "
-                              "with --images DIR")
-        args.images = str(Path(args.data) / "images")
+        args.images = str(default_images(args.data, "--images DIR"))
     for output in (args.out, args.save_predictions):
         if output:
             check_output(output)

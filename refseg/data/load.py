@@ -13,7 +13,7 @@ from refseg.data.dataset import RefDataset
 from refseg.data.readers import READERS, RefReader
 from refseg.data.readers.base import read_splits
 from refseg.data.types import FORMATS
-from refseg.errors import DataError
+from refseg.errors import ConfigError, DataError
 
 
 def reader_for(format: str) -> RefReader:
@@ -34,6 +34,20 @@ def refs_file(format: str, data: Path | str, split_by: str | None = None) -> Pat
             candidates and no ``split_by``.
     """
     return reader_for(format).refs_file(Path(data), split_by)
+
+
+def default_images(data: Path | str, how_to_give: str) -> Path:
+    """``<data>/images``, the image folder of refseg's synthetic benchmark, for a caller
+    given no image folder. ``how_to_give`` names the caller's option in the error.
+
+    Raises:
+        ConfigError: ``<data>/images`` is not a folder.
+    """
+    images = Path(data) / "images"
+    if not images.is_dir():
+        raise ConfigError(f"no image folder given and {images} does not exist; give the "
+                          f"image folder with {how_to_give}")
+    return images
 
 
 def load_splits(

@@ -233,10 +233,9 @@ class Trainer:
                 "data.root is not set (the benchmark folder, e.g. data.root=data/synth)"
             )
         if not data.images:  # the synthetic benchmark's layout; recorded in config.json
-            if not (Path(data.root) / "images").is_dir():
-                raise ConfigError(f"data.images is not set and {Path(data.root) / 'images'} "
-                                  "does not exist (give data.images=IMAGE_FOLDER)")
-            data.images = str(Path(data.root) / "images")
+            from refseg.data.load import default_images
+
+            data.images = str(default_images(data.root, "data.images=IMAGE_FOLDER"))
         for key in ("image_size", "max_text_length"):
             if getattr(data, key) < 1:
                 raise ConfigError(f"data.{key}={getattr(data, key)}: must be >= 1")
