@@ -43,7 +43,7 @@ def overlay(image: np.ndarray, result: RefResult, sentence: str, *, alpha: float
     tinted. A header above the image holds the sentence, and a red "NO TARGET" banner
     when the model decided that nothing is referred to. Pictures
     narrower than `MIN_WIDTH` are enlarged by an integer factor first (up to a side of
-    `MAX_ZOOMED_SIDE`).
+    `MAX_ZOOMED_SIDE`); one still narrower sits centred below a header `MIN_WIDTH` wide.
 
     Args:
         image: (H, W, 3) uint8, the picture the result was computed on.
@@ -51,7 +51,8 @@ def overlay(image: np.ndarray, result: RefResult, sentence: str, *, alpha: float
         sentence: the referring expression.
 
     Returns:
-        A PIL RGB image of size (k H + header) x k W, k the enlargement factor.
+        A PIL RGB image of size (k H + header) x max(k W, `MIN_WIDTH`), k the enlargement
+        factor.
     """
     from PIL import Image, ImageDraw
 
@@ -96,13 +97,22 @@ def _enlarge(array: np.ndarray, zoom: int) -> np.ndarray:
 
 
 def _wrap(text: str, font, width: float, max_lines: int = 3) -> list[str]:
-    """Greedy word wrap by the font's measured text length; an ellipsis past max_lines."""
+    """Greedy word wrap by the font's measured text length (a word wider than a line is cut
+    across lines); an ellipsis past max_lines."""
     lines: list[str] = []
     for word in text.split():
+        if len(lines) > max_lines:
+            break
         if lines and font.getlength(f"{lines[-1]} {word}") <= width:
             lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
+            continue
+        while len(word) > 1 and font.getlength(word) > width and len(lines) <= max_lines:
+            cut = len(word) - 1
+            while cut > 1 and font.getlength(word[:cut]) > width:
+                cut -= 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
     if len(lines) > max_lines:
         lines = lines[:max_lines]
         lines[-1] += " ..."
@@ -112,13 +122,13 @@ def _wrap(text: str, font, width: float, max_lines: int = 3) -> list[str]:
 def _with_header(picture, result: RefResult, sentence: str, font, size: int):
     from PIL import Image, ImageDraw
 
-    width = picture.width
+    width = max(picture.width, MIN_WIDTH)  # a picture kept narrow is centred under the text
     lines = _wrap(f'"{sentence}"', font, width - size)
     line_h = size + size // 3
     banner_h = line_h + size // 2 if result.no_target else 0
     header_h = banner_h + len(lines) * line_h + size // 2
     out = Image.new("RGB", (width, picture.height + header_h), (255, 255, 255))
-    out.paste(picture, (0, header_h))
+    out.paste(picture, ((width - picture.width) // 2, header_h))
     draw = ImageDraw.Draw(out)
     if result.no_target:
         draw.rectangle((0, 0, width, banner_h), fill=NO_TARGET_RED)

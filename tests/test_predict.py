@@ -352,6 +352,26 @@ def test_overlays_of_tall_narrow_pictures_stay_small(predictor):
     assert picture.height <= MAX_ZOOMED_SIDE + 200 and picture.width < 400
 
 
+def test_the_header_of_a_narrow_picture_is_wide_enough_for_its_text():
+    from refseg.data.types import RefResult
+    from refseg.visualize import MIN_WIDTH, _font, _wrap, overlay
+
+    tall = np.full((3000, 20, 3), 200, np.uint8)  # too tall to be enlarged: stays 20 wide
+    sentence = "the second small square from the left " + "x" * 200
+    picture = overlay(tall, RefResult(True, 0.93, np.zeros((3000, 20), bool), []), sentence)
+    assert picture.width == MIN_WIDTH and picture.height > 3000
+    bottom = np.asarray(picture)[-1]
+    left = (MIN_WIDTH - 20) // 2
+    assert (bottom[left:left + 20] == 200).all() and (bottom[:left] == 255).all()
+    font = _font(12)
+    lines = _wrap(sentence, font, MIN_WIDTH - 12)
+    assert len(lines) == 3 and lines[-1].endswith(" ...")
+    assert all(font.getlength(line) <= MIN_WIDTH - 12 for line in lines[:-1])
+    cut = _wrap("x" * 12, font, 50)  # one word wider than a line is cut across lines
+    assert len(cut) > 1 and "".join(cut) == "x" * 12
+    assert all(font.getlength(line) <= 50 for line in cut)
+
+
 def test_an_override_the_model_does_not_read_warns():
     from refseg.methods.deris.model import Deris
     from refseg.predictor import merge_thresholds
