@@ -35,6 +35,15 @@ def test_greedy_takes_the_global_maximum_not_the_best_assignment():
     assert greedy_matches(np.ones((3, 1)), 0.5) == 1
 
 
+def test_generalized_iou_of_exactly_the_threshold_matches():
+    # The lower half of A: IoU 50 / 100 and an enclosing box equal to A, so GIoU is exactly
+    # 0.5; the official loop stops only below the threshold.
+    half = [0.0, 0.0, 10.0, 5.0]
+    assert generalized_box_iou([half], [A]) == [[0.5]]
+    assert match_boxes([half], [0.9], [A], score_thr=0.7, iou_thr=0.5) == (1, 1)
+    assert match_boxes([[0.0, 0.0, 10.0, 4.9]], [0.9], [A], score_thr=0.7, iou_thr=0.5) == (1, 0)
+
+
 def test_score_threshold_keeps_score_at_threshold():
     # 0.7 is kept (>=), 0.69 dropped; kept boxes count as false positives when unmatched.
     assert match_boxes([A, B, A], [0.7, 0.69, 0.95], [A], score_thr=0.7, iou_thr=0.5) == (2, 1)

@@ -46,6 +46,19 @@ def test_each_branch_by_hand():
     assert acc.counts() == {"sentences": 6, "target": 4, "no_target": 2}
 
 
+def test_no_target_called_right_adds_nothing_to_ciou_whatever_the_mask():
+    # ReLA's true-positive branch adds nothing to U_total, even when the mask written next
+    # to the no-target flag has pixels; only a missed no-target sentence adds |pred|.
+    acc = GRESAccumulator()
+    acc.update(1, row(5, 6, 7), EMPTY, pred_no_target=True, gt_no_target=True)
+    acc.update(2, row(8, 9), EMPTY, pred_no_target=False, gt_no_target=True)
+    acc.update(3, row(1, 2, 3), GT4, pred_no_target=False, gt_no_target=False)
+    out = acc.summary()
+    assert out["cIoU"] == 100.0 * 3 / (2 + 4)
+    assert out["gIoU"] == pytest.approx(100.0 * (1 + 0 + 0.75) / 3)
+    assert out["N-acc"] == 50.0
+
+
 def test_target_with_empty_union_scores_zero_iou():
     acc = GRESAccumulator()
     acc.add(1, intersection=0, union=0, pred_no_target=False, gt_no_target=False)
