@@ -162,6 +162,29 @@ def test_to_result_thresholds_boxes_and_no_target():
     assert not strict.mask.any()
 
 
+def test_a_probability_equal_to_the_mask_threshold_is_foreground_only_for_non_strict_models():
+    zero = torch.zeros(4, 4)  # probability exactly 0.5 everywhere
+    # InstAlign (strict, sigmoid(M) > 0.5): an all-zero logit map, as fp16 gives when every
+    # relevance underflows to 0, is an empty mask, not the whole image.
+    instalign = Decision(False, 0.1, zero, zero[None], torch.tensor([0.9]), strict_mask=True)
+    result = to_result(instalign, 4, 4, Thresholds())
+    assert not result.mask.any() and result.instances == []
+    # DeRIS (sigmoid >= 0.5): the same logits are foreground.
+    deris = Decision(False, 0.1, zero, zero[None], torch.tensor([0.9]), mask_is_union=True)
+    assert to_result(deris, 4, 4, Thresholds()).mask.all()
+
+
+def test_the_default_decision_is_instaligns_strict_mask():
+    from refseg.modeling.base import RefSegModel
+    from refseg.modeling.contracts import Inference
+
+    inference = Inference(merged_logits=torch.zeros(1, 4, 4), no_target_prob=torch.tensor([0.1]),
+                          instance_logits=torch.zeros(1, 2, 4, 4),
+                          instance_scores=torch.tensor([[0.9, 0.2]]))
+    (decision,) = RefSegModel().decide(inference, Thresholds())
+    assert decision.strict_mask and not to_result(decision, 4, 4, Thresholds()).mask.any()
+
+
 def test_a_union_mask_is_exactly_the_union_of_the_instance_masks_at_the_image_size():
     # Resizing the max of two logit maps covers more than the max of the resized maps
     # (interpolation of a maximum is at least the maximum of interpolations): DeRIS's mask

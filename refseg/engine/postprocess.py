@@ -47,13 +47,14 @@ def to_result(decision: Decision, height: int, width: int, thresholds: Threshold
     """
     if decision.no_target:
         return RefResult(True, decision.no_target_score, np.zeros((height, width), bool), [])
-    inst = upsample_logits(decision.instance_logits, height, width) >= thresholds.mask
+    foreground = torch.gt if decision.strict_mask else torch.ge
+    inst = foreground(upsample_logits(decision.instance_logits, height, width), thresholds.mask)
     inst_masks = inst.cpu().numpy()
     if decision.mask_is_union:  # exactly the union of the instance masks at this size
         merged = inst_masks.any(axis=0) if len(inst_masks) else np.zeros((height, width), bool)
     else:
-        merged = (upsample_logits(decision.mask_logits[None], height, width)[0]
-                  >= thresholds.mask).cpu().numpy()
+        merged = foreground(upsample_logits(decision.mask_logits[None], height, width)[0],
+                            thresholds.mask).cpu().numpy()
     scores = decision.instance_scores.detach().float().cpu().tolist()
     if decision.instance_boxes is not None:
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)

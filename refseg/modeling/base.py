@@ -21,7 +21,9 @@ class Thresholds:
     Attributes:
         no_target: no-target when the no-target probability exceeds this.
         instance: an instance is kept when its score exceeds this.
-        mask: a pixel is foreground when its probability is at least this.
+        mask: a pixel is foreground when its probability exceeds this (InstAlign, as
+            SPEC's sigmoid(M) > 0.5) or is at least this (DeRIS's sigmoid >= 0.5): each
+            model's `Decision.strict_mask` says which.
     """
 
     no_target: float = 0.5
@@ -56,6 +58,10 @@ class Decision:
         instance_boxes: (K, 4) normalised xyxy boxes, or None (derived from masks).
         mask_is_union: the mask is the union of the instances' masks (DeRIS): at the
             image's size it is then their union there, not a resize of ``mask_logits``.
+        strict_mask: a pixel is foreground when its probability exceeds
+            ``thresholds.mask``, not when it equals it (InstAlign: an all-zero logit map,
+            as fp16 gives when every relevance underflows to 0, is then empty, not the
+            whole image).
     """
 
     no_target: bool
@@ -65,6 +71,7 @@ class Decision:
     instance_scores: torch.Tensor
     instance_boxes: torch.Tensor | None = None
     mask_is_union: bool = False
+    strict_mask: bool = False
 
 
 class RefSegModel(nn.Module):
@@ -111,6 +118,7 @@ class RefSegModel(nn.Module):
                     instance_logits=inference.instance_logits[b][keep],
                     instance_scores=inference.instance_scores[b][keep],
                     instance_boxes=None if boxes is None else boxes[b][keep],
+                    strict_mask=True,  # InstAlign: sigmoid(M) > 0.5 (SPEC 4.1)
                 )
             )
         return decisions
