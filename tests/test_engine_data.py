@@ -18,6 +18,7 @@ from refseg.engine.data import (
     EpochBatches,
     RefSegData,
     preprocess_image,
+    resize_masks,
 )
 from refseg.engine.postprocess import to_result, upsample_logits
 from refseg.modeling.base import Decision, Thresholds
@@ -68,6 +69,16 @@ def test_targets_at_network_size_map_back_onto_the_ground_truth(train_split):
         expected = torch.tensor([x1 / w, y1 / h, x2 / w, y2 / h])
         assert torch.allclose(item.targets.boxes[0], expected)
     assert sum(ious) / len(ious) > 0.8, ious
+
+
+def test_a_tiny_referent_stays_a_non_empty_target_at_network_size():
+    masks = np.zeros((3, 480, 480), bool)
+    masks[0, 100:103, 200:203] = True  # 3 x 3 pixels: a fifth of one 32-px cell at most
+    masks[1, :240] = True  # large: resized as before
+    small = resize_masks(masks, 32)
+    assert small[0].sum() >= 1 and small[0].nonzero()[0].tolist() == [6, 13]
+    assert small[1].sum() == 16 * 32 and small[1][:16].all()
+    assert small[2].sum() == 0  # an empty mask stays empty
 
 
 def test_collate_tokenises_and_keeps_sent_ids(train_split):

@@ -44,6 +44,10 @@ def preprocess_image(image: np.ndarray, size: int) -> torch.Tensor:
 def resize_masks(masks: np.ndarray, size: int) -> torch.Tensor:
     """Binary masks to S x S: area-weighted (antialiased bilinear) then >= 0.5.
 
+    An object that covers no output pixel by half keeps its best-covered pixel(s): a
+    referent must not become an empty target, which a matched query would be trained
+    to predict.
+
     Args:
         masks: (N, H, W) uint8 or bool.
 
@@ -53,8 +57,13 @@ def resize_masks(masks: np.ndarray, size: int) -> torch.Tensor:
     if masks.shape[0] == 0:
         return torch.zeros((0, size, size))
     x = torch.from_numpy(np.ascontiguousarray(masks)).float()[:, None]
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return (x[:, 0] >= 0.5).float()
+    cover = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)[:, 0]  # (N, S, S) share of each pixel covered
+    binary = cover >= 0.5
+    best = cover.flatten(1).amax(1)  # (N,)
+    vanished = ~binary.flatten(1).any(1) & (best > 0)
+    binary[vanished] = cover[vanished] == best[vanished, None, None]
+    return binary.float()
 
 
 def build_targets(dataset: RefDataset, sample: Sample, size: int) -> Targets:
