@@ -251,3 +251,15 @@ def without_gradient(model) -> list[str]:
     """Trainable parameters whose gradient is missing or exactly zero."""
     return [n for n, p in model.named_parameters()
             if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+
+
+def noise_at_padding(tokens, pad_mask, scale: float = 30.0, seed: int = 5):
+    """(B, L, C) tokens with large random values where (B, L) ``pad_mask`` is True: what a
+    consumer that honours the padding mask must never notice."""
+    import torch
+
+    noisy = tokens.clone()
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(int(pad_mask.sum()), tokens.shape[-1], generator=generator) * scale
+    noisy[pad_mask] = noise.to(tokens.device, tokens.dtype)
+    return noisy

@@ -4,7 +4,7 @@ rule, parameter groups, registry, configs and tokenizers."""
 
 import pytest
 import torch
-from builders import open_zero_initialised_paths, without_gradient
+from builders import noise_at_padding, open_zero_initialised_paths, without_gradient
 from test_beit3 import spm_path  # noqa: F401  (a sentencepiece model trained in the test)
 
 from refseg.config import apply_overrides, from_dict, to_dict
@@ -211,18 +211,28 @@ def test_synergy_forms_decide_what_the_next_perception_layer_gets():
             assert not torch.equal(out, context.cognition_queries[0])
 
 
-def test_text_padding_is_never_attended():
-    model, tok = build()
+@pytest.mark.parametrize("source", ["cls", "query"])
+def test_text_padding_is_never_attended(source):
+    """Other ids at padding, and noise in the padded text tokens the cognition layers and
+    the query existence head read, change no output."""
+    model, tok = build(f"model.existence_source={source}")
     model.eval()
     batch = make_batch(tok, (1, 2))
+    assert batch.text_pad_mask.any()
     with torch.no_grad():
         ref = model(batch)
         ids = batch.input_ids.clone()
         ids[batch.text_pad_mask] = 3  # change only padded positions
         batch2 = Batch(batch.images, ids, batch.text_pad_mask, batch.targets, batch.sent_ids)
         other = model(batch2)
-    torch.testing.assert_close(ref.rounds[-1].refer_logits, other.rounds[-1].refer_logits)
-    torch.testing.assert_close(ref.existence_logits, other.existence_logits)
+        hook = model.cognition.register_forward_hook(
+            lambda _, args, out: (out[0], noise_at_padding(out[1], args[2]), out[2]))
+        noisy = model(batch)
+        hook.remove()
+    for out in (other, noisy):
+        torch.testing.assert_close(ref.rounds[-1].refer_logits, out.rounds[-1].refer_logits)
+        torch.testing.assert_close(ref.rounds[-1].mask_logits, out.rounds[-1].mask_logits)
+        torch.testing.assert_close(ref.existence_logits, out.existence_logits)
 
 
 def test_mask_pooled_position_is_eq4():

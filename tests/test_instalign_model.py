@@ -1,10 +1,12 @@
 """InstAlign assembled: the tiny config forward/backward on CPU, every ablation switch,
 losses on empty / one / many targets, inference, parameter groups, registry and configs."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
-from builders import open_zero_initialised_paths, without_gradient
+from builders import noise_at_padding, open_zero_initialised_paths, without_gradient
 
 from refseg.config import apply_overrides, from_dict, to_dict
 from refseg.errors import ConfigError
@@ -154,6 +156,37 @@ SWITCHED = {
     "model.early_fusion=none": lambda m: isinstance(m.backbone, TextAgnosticBackbone),
     "model.deep_supervision=false": lambda m: not m.instance_supervision.deep_supervision,
 }
+
+
+@pytest.mark.parametrize("override", ["model.fusion_gate=open", "model.fusion_gate=shut"])
+def test_text_padding_is_never_attended(override):
+    """Other ids at padding, and noise in the padded text-encoder tokens the language-aware
+    backbone reads, change no output and no loss."""
+    model, tok = build(override)
+    model.eval()
+    batch = make_batch(tok)
+    assert batch.text_pad_mask.any()
+    ids = batch.input_ids.clone()
+    ids[batch.text_pad_mask] = 3
+    other = Batch(batch.images, ids, batch.text_pad_mask, batch.targets, batch.sent_ids)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        ref = model(batch)
+        ref_losses = model.loss(ref, batch)
+        torch.manual_seed(0)
+        changed = model(other)
+        changed_losses = model.loss(changed, other)
+        hook = model.text_encoder.register_forward_hook(lambda _, args, out: dataclasses.replace(
+            out, tokens=noise_at_padding(out.tokens, args[1])))
+        torch.manual_seed(0)
+        noisy = model(batch)
+        noisy_losses = model.loss(noisy, batch)
+        hook.remove()
+    for out, losses in ((changed, changed_losses), (noisy, noisy_losses)):
+        for name in ("merged_logits", "no_target_prob", "instance_logits", "instance_scores"):
+            torch.testing.assert_close(getattr(model.infer(ref), name),
+                                       getattr(model.infer(out), name))
+        torch.testing.assert_close(ref_losses, losses)
 
 
 def test_open_language_gate_starts_shut_then_learns_and_reaches_deeper_stages():
