@@ -6,9 +6,10 @@ Its input is one small module per row of the paper's Supp. Table 9, chosen by
 ``DerisConfig.existence_source``:
 
 - ``query`` (the paper's): the final loopback queries pass through text-aware layers
-  (self-attention, cross-attention to the text tokens, FFN; post-norm, a final LayerNorm),
-  are scored by a linear layer, and the scores are averaged over queries (= pooling the
-  queries before the linear layer);
+  (`InstanceTextRelation`, as in the cognition layer: self-attention, cross-attention to
+  the text tokens, FFN; post-norm) and a final LayerNorm, are scored by a linear layer,
+  and the scores are averaged over queries (= pooling the queries before the linear
+  layer);
 - ``image``: the mean of the projected BEiT-3 patch features;
 - ``cls``: BEiT-3's vision CLS token.
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from refseg.errors import ConfigError
-from refseg.modeling.decoders import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+from refseg.methods.deris.cognition import InstanceTextRelation
 
 
 @dataclass
@@ -45,20 +46,6 @@ class ExistenceInputs:
     cls: torch.Tensor
 
 
-class TextAwareLayer(nn.Module):
-    """Self-attention, cross-attention to the words (padding masked), FFN (post-norm)."""
-
-    def __init__(self, *, d_model: int, n_heads: int, ffn_dim: int, dropout: float):
-        super().__init__()
-        self.self_attn = SelfAttentionLayer(d_model=d_model, n_heads=n_heads, dropout=dropout)
-        self.cross_attn = CrossAttentionLayer(d_model=d_model, n_heads=n_heads, dropout=dropout)
-        self.ffn = FFNLayer(d_model=d_model, ffn_dim=ffn_dim, dropout=dropout)
-
-    def forward(self, queries, text, pad_mask):
-        queries = self.self_attn(queries)
-        return self.ffn(self.cross_attn(queries, text, key_padding_mask=pad_mask))
-
-
 class QueryExistence(nn.Module):
     """The paper's source: text-aware layers over the final queries, linear, mean over Q."""
 
@@ -66,7 +53,7 @@ class QueryExistence(nn.Module):
                  ffn_dim: int, dropout: float):
         super().__init__()
         self.layers = nn.ModuleList(
-            TextAwareLayer(d_model=dim, n_heads=n_heads, ffn_dim=ffn_dim, dropout=dropout)
+            InstanceTextRelation(d_model=dim, n_heads=n_heads, ffn_dim=ffn_dim, dropout=dropout)
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(dim)

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refseg.methods.instalign.object_text import open_empty_rows
+
 
 def _normalise_positions(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Instance norm over positions (LAVT's InstanceNorm1d): (B, N, C) -> (B, N, C)."""
@@ -60,7 +62,7 @@ class PixelWordAttention(nn.Module):
         q = _normalise_positions(self.query(x)).view(B, N, h, C // h).transpose(1, 2)
         k = self.key(words).view(B, -1, h, C // h).transpose(1, 2)  # (B, h, L, C/h)
         v = self.value(words).view(B, -1, h, C // h).transpose(1, 2)
-        open_words = ~(pad_mask & ~pad_mask.all(dim=-1, keepdim=True))  # keep one key open
+        open_words = ~open_empty_rows(pad_mask)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=open_words[:, None, None, :])
         lang = _normalise_positions(self.out(att.transpose(1, 2).reshape(B, N, C)))
         return F.gelu(self.project_mm(vis * lang))
