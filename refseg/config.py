@@ -12,6 +12,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,30 @@ class RunConfig:
     model: Any
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def check_choices(config, section: str, choices: Mapping[str, Sequence[str]]) -> None:
+    """Raise ConfigError on the first field of ``config`` whose value is not one of its
+    choices.
+
+    Args:
+        config: a config dataclass.
+        section: its name in overrides (``model``, ``train``), the error's ``section.key``.
+        choices: field name -> the values it may take.
+    """
+    for name, allowed in choices.items():
+        value = getattr(config, name)
+        if value not in allowed:
+            raise ConfigError(f"{section}.{name}={value!r}: expected one of {', '.join(allowed)}")
+
+
+def check_at_least(config, section: str, names: Sequence[str], minimum: int) -> None:
+    """Raise ConfigError on the first of the fields ``names`` of ``config`` below
+    ``minimum`` (``section`` as in `check_choices`)."""
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise ConfigError(f"{section}.{name}={value}: must be >= {minimum}")
 
 
 def _coerce(value: str, annotation, key: str):

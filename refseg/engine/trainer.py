@@ -236,11 +236,8 @@ class Trainer:
             from refseg.data.load import default_images
 
             data.images = str(default_images(data.root, "data.images=IMAGE_FOLDER"))
-        for key in ("image_size", "max_text_length"):
-            if getattr(data, key) < 1:
-                raise ConfigError(f"data.{key}={getattr(data, key)}: must be >= 1")
-        if data.num_workers < 0:
-            raise ConfigError(f"data.num_workers={data.num_workers}: must be >= 0")
+        config_io.check_at_least(data, "data", ("image_size", "max_text_length"), 1)
+        config_io.check_at_least(data, "data", ("num_workers",), 0)
         if not 0.0 <= data.nsc_prob <= 1.0:
             raise ConfigError(f"data.nsc_prob={data.nsc_prob}: must be in [0, 1]")
         checkpoint.thresholds_of(self.config.model).check("model.thresholds")
@@ -255,13 +252,10 @@ class Trainer:
                 f"train.batch_size={cfg.batch_size}: must be a multiple of the "
                 f"{self.ctx.world_size} processes"
             )
-        for key in ("checkpoint_every", "log_every", "epochs"):
-            if getattr(cfg, key) < 1:
-                raise ConfigError(f"train.{key}={getattr(cfg, key)}: must be >= 1")
-        for key in ("max_iters", "warmup_iters", "eval_every", "eval_max_samples",
-                    "max_minutes", "grad_clip", "weight_decay"):
-            if getattr(cfg, key) < 0:
-                raise ConfigError(f"train.{key}={getattr(cfg, key)}: must be >= 0")
+        config_io.check_at_least(cfg, "train", ("checkpoint_every", "log_every", "epochs"), 1)
+        config_io.check_at_least(cfg, "train", ("max_iters", "warmup_iters", "eval_every",
+                                                "eval_max_samples", "max_minutes", "grad_clip",
+                                                "weight_decay"), 0)
         if not cfg.lr > 0:
             raise ConfigError(f"train.lr={cfg.lr}: must be > 0")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from refseg.config import DataConfig, RunConfig, TrainConfig
+from refseg.config import DataConfig, RunConfig, TrainConfig, check_at_least, check_choices
 from refseg.errors import ConfigError
 from refseg.modeling.base import Thresholds
 
@@ -107,23 +107,18 @@ class DerisConfig:
 
     def validate(self) -> None:
         """Raise ConfigError on a value outside a field's choices or range."""
-        choices = {
+        check_choices(self, "model", {
             "synergy": SYNERGIES,
             "existence_source": EXISTENCE_SOURCES,
             "tokenizer": TOKENIZERS,
             "backbone": BACKBONES,
             "mask_pool_norm": POOL_NORMS,
             "position_role": POSITION_ROLES,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"model.{name}={getattr(self, name)!r}: expected one of "
-                                  f"{', '.join(allowed)}")
-        for name in ("num_queries", "rounds", "hidden_dim", "mask_dim", "num_points",
-                     "cognition_size", "cognition_dim", "cognition_depth", "mask_pool_stride",
-                     "existence_layers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)}: must be >= 1")
+        })
+        check_at_least(self, "model", ("num_queries", "rounds", "hidden_dim", "mask_dim",
+                                       "num_points", "cognition_size", "cognition_dim",
+                                       "cognition_depth", "mask_pool_stride",
+                                       "existence_layers"), 1)
         if self.cognition_size % self.cognition_patch_size:
             raise ConfigError(f"model.cognition_size={self.cognition_size}: not a multiple of "
                               f"model.cognition_patch_size={self.cognition_patch_size}")

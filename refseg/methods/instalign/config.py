@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from refseg.config import DataConfig, RunConfig, TrainConfig
+from refseg.config import DataConfig, RunConfig, TrainConfig, check_at_least, check_choices
 from refseg.errors import ConfigError
 from refseg.modeling.base import Thresholds
 
@@ -96,8 +96,8 @@ class InstAlignConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def validate(self) -> None:
-        """Raise ConfigError on a value outside a field's choices."""
-        choices = {
+        """Raise ConfigError on a value outside a field's choices or range."""
+        check_choices(self, "model", {
             "instance_supervision": INSTANCE_SUPERVISIONS,
             "no_target_input": NO_TARGET_INPUTS,
             "aggregation": AGGREGATIONS,
@@ -106,15 +106,9 @@ class InstAlignConfig:
             "text_encoder": TEXT_ENCODERS,
             "tokenizer": TOKENIZERS,
             "backbone_weights_layout": WEIGHT_LAYOUTS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"model.{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}"
-                )
-        for name in ("num_queries", "decoder_layers", "hidden_dim", "mask_dim", "num_points"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)}: must be >= 1")
+        })
+        check_at_least(self, "model", ("num_queries", "decoder_layers", "hidden_dim",
+                                       "mask_dim", "num_points"), 1)
         if self.text_encoder == "bert" and self.tokenizer != "bert":
             raise ConfigError("model.tokenizer: a pretrained BERT needs its own tokenizer (bert)")
 
