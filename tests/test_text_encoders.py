@@ -148,6 +148,24 @@ def test_pad_mask_must_be_bool_and_match():
         enc(batch.input_ids, batch.pad_mask.long())
 
 
+@pytest.mark.parametrize("tokens, pad_mask, sentence", [
+    ((2, 5), (2, 5), (2, 8)),  # tokens without channels
+    ((2, 5, 8), (2, 4), (2, 8)),  # a mask of another length
+    ((2, 5, 8), (2, 5), (3, 8)),  # a sentence per another batch
+    ((2, 5, 8), (2, 5), (2, 1, 8)),  # a sentence that is no (B, C)
+    ((2, 5, 8), (2, 5), (2, 6)),  # a sentence of another width
+])
+def test_text_features_contract_is_checked(tokens, pad_mask, sentence):
+    with pytest.raises(ValueError, match="TextFeatures: expected tokens"):
+        TextFeatures(torch.zeros(tokens), torch.zeros(pad_mask, dtype=torch.bool),
+                     torch.zeros(sentence))
+
+
+def test_text_features_pad_mask_must_be_bool():
+    with pytest.raises(ValueError, match="a torch.int64 pad_mask"):
+        TextFeatures(torch.zeros(2, 5, 8), torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 8))
+
+
 def test_every_bert_parameter_gets_a_gradient():
     enc, tok = tiny_pair()
     enc.train()

@@ -32,6 +32,16 @@ class TextFeatures:
     pad_mask: torch.Tensor
     sentence: torch.Tensor
 
+    def __post_init__(self) -> None:
+        """Check the contract where a text encoder hands over its output."""
+        shapes = tuple(tuple(t.shape) for t in (self.tokens, self.pad_mask, self.sentence))
+        tokens, pad, sentence = shapes
+        if (len(tokens) != 3 or pad != tokens[:2] or self.pad_mask.dtype != torch.bool
+                or sentence != (tokens[0], tokens[2])):
+            raise ValueError(f"TextFeatures: expected tokens (B, L, C), a bool pad_mask (B, L) "
+                             f"and a sentence (B, C), got shapes {shapes} and a "
+                             f"{self.pad_mask.dtype} pad_mask")
+
 
 @dataclass
 class Targets:

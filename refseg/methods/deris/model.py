@@ -24,6 +24,7 @@ from refseg.methods.deris.criterion import DerisCriterion, Round
 from refseg.methods.deris.heads import ExistenceInputs, build_existence_head
 from refseg.methods.deris.loopback import LoopbackContext, LoopbackDecoder
 from refseg.modeling.base import Decision, RefSegModel, Thresholds
+from refseg.modeling.beit3 import tokens_to_map
 from refseg.modeling.contracts import Batch, Inference
 
 
@@ -73,9 +74,8 @@ class CognitionFeatures(nn.Module):
             images = F.interpolate(images, size=(self.image_size, self.image_size),
                                    mode="bilinear", align_corners=False, antialias=True)
         out = self.encoder(images, input_ids, pad_mask)
-        image_map = self.image_proj(out.image_tokens[:, 1:])  # (B, h*w, C)
-        b, _, c = image_map.shape
-        image_map = image_map.transpose(1, 2).reshape(b, c, *out.grid)
+        patches = self.image_proj(out.image_tokens[:, 1:])  # (B, h*w, C), CLS dropped
+        image_map = tokens_to_map(patches, out.grid)  # (B, C, h, w)
         text = self.text_proj(out.text_tokens).masked_fill(pad_mask[..., None], 0.0)
         return image_map, text, out.cls
 
