@@ -1,4 +1,5 @@
-"""Writing the synthetic benchmark in the published on-disk layouts (SPEC section 2).
+"""Writing the synthetic benchmark in the published on-disk layouts (docs/synthetic.md,
+Files and layouts).
 
     DIR/instances.json       COCO images / annotations / categories (one per shape)
     DIR/images/<file>.png

@@ -60,6 +60,7 @@ class QueryExistence(nn.Module):
         self.linear = nn.Linear(dim, 1)
 
     def forward(self, x: ExistenceInputs) -> torch.Tensor:
+        """(B, Q, C) queries, attending to the (B, L, C) words -> (B,) logits."""
         queries = x.queries
         for layer in self.layers:
             queries = layer(queries, x.text, x.pad_mask)
@@ -74,6 +75,7 @@ class ImageExistence(nn.Module):
         self.linear = nn.Linear(dim, 1)
 
     def forward(self, x: ExistenceInputs) -> torch.Tensor:
+        """(B, C, h, w) patch features -> (B,) logits."""
         return self.linear(x.image_map.mean(dim=(2, 3))).squeeze(-1)
 
 
@@ -85,6 +87,7 @@ class ClsExistence(nn.Module):
         self.linear = nn.Linear(cls_dim, 1)
 
     def forward(self, x: ExistenceInputs) -> torch.Tensor:
+        """(B, D) vision CLS token -> (B,) logits."""
         return self.linear(x.cls).squeeze(-1)
 
 

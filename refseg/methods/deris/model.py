@@ -132,6 +132,8 @@ class Deris(RefSegModel):
         return self.pixel_decoder(features)
 
     def forward(self, batch: Batch) -> DerisOutputs:
+        """Images (B, 3, S, S) and words (B, L) -> every round's refer logits (B, Q, 2) and
+        masks (B, Q, H, W), and the existence logits (B,)."""
         image_map, text, cls = self.cognition(batch.images, batch.input_ids, batch.text_pad_mask)
         mask_features, multi_scale = self.perceive(batch.images)
         fused = self.fusion(mask_features, image_map)
@@ -297,9 +299,10 @@ def build_deris(cfg: DerisConfig, tokenizer, *, pretrained: bool = True) -> Deri
         fusion=MaskFeatureFusion(mask_dim=cfg.mask_dim, cognition_dim=cfg.hidden_dim),
         decoder=decoder,
         existence=build_existence_head(cfg.existence_source, dim=cfg.hidden_dim,
-                             cls_dim=cfg.cognition_dim, num_layers=cfg.existence_layers,
-                             n_heads=cfg.decoder_heads, ffn_dim=cfg.existence_ffn_dim,
-                             dropout=cfg.dropout),
+                                       cls_dim=cfg.cognition_dim,
+                                       num_layers=cfg.existence_layers,
+                                       n_heads=cfg.decoder_heads,
+                                       ffn_dim=cfg.existence_ffn_dim, dropout=cfg.dropout),
     )
 
 

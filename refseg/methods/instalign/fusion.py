@@ -79,6 +79,7 @@ class LanguageGate(nn.Module):
         nn.init.zeros_(self.gate[2].weight)
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C)."""
         return self.gate(fused) * fused
 
 
@@ -88,6 +89,8 @@ class LanguageAwareBackbone(nn.Module):
     Args:
         backbone: the wrapped backbone (its weights load unchanged), taking a per-stage
             ``fuse`` hook as `SwinBackbone` does.
+        text_dim: Ct, the width of the text encoder's tokens.
+        num_heads: PWAM's attention heads.
         gate: feed each fused map back into its stage through a `LanguageGate` (not after
             the last stage, which has no next stage).
 
@@ -133,4 +136,6 @@ class TextAgnosticBackbone(nn.Module):
 
     def forward(self, images: torch.Tensor, words: torch.Tensor,
                 pad_mask: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) images -> the backbone's maps (B, C_i, H_i, W_i); the words are
+        not read."""
         return self.backbone(images)

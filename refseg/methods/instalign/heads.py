@@ -9,6 +9,9 @@
 
 (The mask head m_i = MLP(q_i) . F_mask is the shared decoder's ``predict_masks``.)
 
+Every input module maps queries (B, Q, C), relevance logits (B, Q) and the sentence
+(B, Ct) to (B, out_dim).
+
 Legend: B batch, Q queries, C hidden channels, Ct text channels.
 """
 

@@ -71,6 +71,9 @@ class InstAlign(RefSegModel):
         self.instance_supervision = build_instance_supervision(config)
 
     def forward(self, batch: Batch) -> InstAlignOutputs:
+        """Images (B, 3, S, S) and words (B, L) -> every stage's relevance (B, Q) and masks
+        (B, Q, H, W) (and, after each block, the words (B, L, C)), the aggregated mask
+        (B, H, W) and the no-target logits (B,)."""
         text = self.text_encoder(batch.input_ids, batch.text_pad_mask)
         pad_mask = text.pad_mask
         features = self.backbone(batch.images, text.tokens, pad_mask)
@@ -112,6 +115,8 @@ class InstAlign(RefSegModel):
         return losses
 
     def infer(self, outputs: InstAlignOutputs) -> Inference:
+        """The aggregated mask, sigmoid(z) as the no-target probability, and the last
+        stage's masks (B, Q, H, W) with their relevance p_i (B, Q) as instance scores."""
         last = outputs.stages[-1]
         return Inference(
             merged_logits=outputs.merged_logits,

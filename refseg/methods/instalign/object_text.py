@@ -93,6 +93,8 @@ class InstAlignDecoder(MaskedAttentionDecoder):
 
     def interact(self, layer_index: int, queries: torch.Tensor, query_pos: torch.Tensor,
                  context: TextContext) -> torch.Tensor:
+        """Block ``layer_index``'s object-text step: queries (B, Q, C) -> (B, Q, C); the
+        updated words (B, L, C) replace ``context.words`` and are kept for POA."""
         queries, words = self.object_text_layers[layer_index](
             queries, query_pos, context.words, context.pad_mask
         )

@@ -112,7 +112,7 @@ def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 def resize_patch_positions(
     table: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]
 ) -> torch.Tensor:
-    """Bicubic interpolation of patch position embeddings (SPEC 5).
+    """Bicubic interpolation of patch position embeddings (docs/beit3.md, Positions).
 
     Args:
         table: (src_h * src_w, C) patch rows of the vision position table.
