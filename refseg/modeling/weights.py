@@ -186,9 +186,33 @@ def load_mapped(
     """
     target = module.state_dict()
     report = KeyReport(source=str(source), prefix=prefix)
+    mapped = _map_source_keys(source_state, target, key_map, report, skip=skip, adapt=adapt)
+    _account_module_keys(target, mapped, report, fresh=fresh)
+    if strict and not report.ok:
+        raise CheckpointError(report.error_message())
+    with torch.no_grad():
+        module.load_state_dict(mapped, strict=False)
+    return report
+
+
+def _map_source_keys(
+    source_state: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    key_map: KeyMap,
+    report: KeyReport,
+    *,
+    skip: Mapping[str, str] | None,
+    adapt: Adapter | None,
+) -> dict[str, torch.Tensor]:
+    """`load_mapped`'s first step: every source key is loaded, outside the prefix, skipped,
+    unexpected or of the wrong shape (all but the first recorded in ``report``).
+
+    Returns:
+        module key -> value (adapted where ``adapt`` fits it) of the loaded keys.
+    """
+    source, prefix = report.source, report.prefix
     mapped: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
-    mismatched: set[str] = set()
     for src_key, value in source_state.items():
         if not src_key.startswith(prefix):
             report.outside.append(src_key)
@@ -213,12 +237,19 @@ def load_mapped(
             resized = adapt(dst, value, wanted) if adapt is not None else None
             if resized is None or resized.shape != wanted:
                 report.mismatched_shapes.append((src_key, dst, tuple(value.shape), tuple(wanted)))
-                mismatched.add(dst)
                 continue
             report.adapted.append(f"{src_key}: {tuple(value.shape)} -> {tuple(wanted)}")
             value = resized
         mapped[dst] = value
         origin[dst] = src_key
+    return mapped
+
+
+def _account_module_keys(target: Mapping[str, torch.Tensor], mapped: Mapping[str, torch.Tensor],
+                         report: KeyReport, *, fresh: Mapping[str, str] | None) -> None:
+    """`load_mapped`'s second step: every module key the source did not fill (nor offered
+    in the wrong shape) is fresh on purpose or missing; ``report.loaded`` lists the rest."""
+    mismatched = {dst for _, dst, _, _ in report.mismatched_shapes}
     for dst in target:
         if dst in mapped or dst in mismatched:
             continue
@@ -228,11 +259,6 @@ def load_mapped(
         else:
             report.missing.append(dst)
     report.loaded = list(mapped)
-    if strict and not report.ok:
-        raise CheckpointError(report.error_message())
-    with torch.no_grad():
-        module.load_state_dict(mapped, strict=False)
-    return report
 
 
 # ---------------------------------------------------------------------------------------
