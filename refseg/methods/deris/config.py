@@ -138,7 +138,8 @@ def _paper_train(epochs: int, lr_steps: tuple[int, ...]) -> TrainConfig:
 
 
 def _gres(model: DerisConfig) -> RunConfig:
-    # 6 epochs, x0.1 in the last one (released MultiStepLR decay_steps=[6], 1-based).
+    # 6 epochs, x0.1 in the last one (released MultiStepLR decay_steps=[6], 1-based; the
+    # paper's Appendix C says the 5th: docs/deris.md, differences, 9).
     return RunConfig(method="deris", model=model,
                      data=DataConfig(format="grefcoco", image_size=384, max_text_length=50,
                                      nsc_prob=0.15),
