@@ -11,8 +11,8 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass, field
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
