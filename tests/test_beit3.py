@@ -276,13 +276,6 @@ def test_padding_is_honoured():
     assert not torch.allclose(unmasked.image_tokens[1], base.image_tokens[1])
 
 
-def test_initialisation_without_a_checkpoint_is_torchscales():
-    model = Beit3Encoder(img_size=32, patch_size=8, dim=256, depth=1, heads=4, ffn_dim=64,
-                         vocab_size=4000)
-    assert model.text_embed.weight.std().item() == pytest.approx(256**-0.5, rel=0.05)
-    assert not model.cls_token.any()
-
-
 def test_every_parameter_gets_a_gradient_in_joint_mode():
     model = tiny().train()
     images, ids, pad = inputs()

@@ -179,9 +179,7 @@ class Beit3Encoder(nn.Module):
         )
         self.final_norm = Multiway(nn.LayerNorm(dim, eps=eps))
         self.apply(_init_weights)
-        # torchscale's: word embeddings N(0, dim^-0.5), the CLS token zero (position tables
-        # keep nn.Embedding's N(0, 1)); only matters without a checkpoint.
-        nn.init.normal_(self.text_embed.weight, std=dim**-0.5)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     @classmethod
     def from_config(cls, cfg: Beit3Config) -> "Beit3Encoder":
