@@ -146,9 +146,7 @@ def instalign_tiny() -> RunConfig:
     rare no-target sentences weighted 5x inside L_nt; relevance trained harder (unmatched
     queries at full weight, lambda_cls 5: IA weighs every query by p_i) and LAVT's language
     gate open (nothing pretrained to keep); the linear decay ends at ``max_iters`` (about
-    what 9 minutes allow), the time budget stops a slower machine earlier; pixels are
-    foreground above a probability of 0.3, not 0.5 (the masks' 16 x 16 logits, resized to
-    the image, peak low on small objects)."""
+    what 9 minutes allow), the time budget stops a slower machine earlier."""
     model = InstAlignConfig(
         backbone="swin_nano",
         drop_path_rate=0.0,
@@ -178,9 +176,6 @@ def instalign_tiny() -> RunConfig:
         no_target_weight=5.0,
         no_target_pos_weight=5.0,  # the 10 % no-target sentences count 5x in L_nt
         backbone_lr_factor=1.0,
-        # Bilinear upsampling of 16 x 16 logits lowers the peaks of small objects: chosen on
-        # testA (docs/instalign-tiny.md, fourteenth round); the paper's 0.5 elsewhere.
-        thresholds=Thresholds(mask=0.3),
     )
     return RunConfig(
         method="instalign",
