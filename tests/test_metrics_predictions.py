@@ -179,6 +179,10 @@ def test_a_line_separator_inside_a_string_does_not_split_a_json_line(tmp_path):
     (tmp_path / "p.jsonl").write_text(text, encoding="utf-8")
     with pytest.raises(PredictionError, match="sent_id 1: unknown field"):
         read_predictions(tmp_path / "p.jsonl")
+    # ... while old Mac line ends (CR alone) still separate records.
+    records = [{"sent_id": 1, "mask": RLE}, {"sent_id": 2, "mask": RLE}]
+    (tmp_path / "cr.jsonl").write_text("\r".join(json.dumps(r) for r in records))
+    assert [p.sent_id for p in read_predictions(tmp_path / "cr.jsonl")] == [1, 2]
 
 
 def test_undecodable_bytes_are_a_one_line_error(tmp_path):

@@ -18,6 +18,7 @@ the predictions are scored.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,9 @@ def _load_records(data: bytes, path: Path) -> list[tuple[str, Any]]:
             raise PredictionError(f"{path}: not valid JSON ({_why(exc)})") from None
         return [(f"record {i}", r) for i, r in enumerate(records)]
     out = []
-    # "\n" only: str.splitlines would also split at U+2028, which JSON strings may hold.
-    for number, line in enumerate(text.split("\n"), start=1):
+    # Line breaks only (JSON strings cannot hold them raw): str.splitlines would also split
+    # at U+2028, which JSON strings may hold.
+    for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
         if not line.strip():
             continue
         try:
