@@ -235,6 +235,21 @@ def test_text_padding_is_never_attended(source):
         torch.testing.assert_close(ref.existence_logits, out.existence_logits)
 
 
+def test_an_all_padding_sentence_gives_finite_queries_not_nan():
+    """The layers' contract (one open key per row): torch 2.13's attention returns
+    finite values for a row with no key, which attention has not always done."""
+    from refseg.methods.deris.cognition import InstanceTextRelation
+
+    torch.manual_seed(0)
+    layer = InstanceTextRelation(d_model=16, n_heads=2, ffn_dim=32).eval()
+    queries, text = torch.randn(2, 3, 16), torch.randn(2, 4, 16)
+    pad = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    out = layer(queries, text, pad)
+    assert torch.isfinite(out).all()
+    alone = layer(queries[:1], text[:1], pad[:1])  # the other row is unchanged by the opening
+    assert torch.allclose(out[:1], alone, atol=1e-6)
+
+
 def test_mask_pooled_position_is_eq4():
     masks = torch.tensor([[[[10.0, -10.0], [-10.0, -10.0]]]])  # (1, 1, 2, 2)
     feats = torch.arange(8.0).view(1, 2, 2, 2)

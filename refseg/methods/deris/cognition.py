@@ -21,7 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from refseg.methods.deris.config import POOL_NORMS, POSITION_ROLES
-from refseg.modeling.decoders import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+from refseg.modeling.decoders import (
+    CrossAttentionLayer,
+    FFNLayer,
+    SelfAttentionLayer,
+    open_empty_rows,
+)
 
 REFERENT = 0  # class index of "referred to" in the 2-way classifier; 1 is "not referred"
 
@@ -58,7 +63,8 @@ def mask_pooled_position(mask_logits: torch.Tensor, features: torch.Tensor,
 
 class InstanceTextRelation(nn.Module):
     """Self-attention among queries, cross-attention queries -> text tokens (padding never
-    attended to), FFN; post-norm (the released ``GlobalDecoderLayer``)."""
+    attended to, but an all-padding row is opened rather than NaN), FFN; post-norm (the
+    released ``GlobalDecoderLayer``)."""
 
     def __init__(self, *, d_model: int, n_heads: int, ffn_dim: int, dropout: float = 0.0):
         super().__init__()
@@ -70,7 +76,7 @@ class InstanceTextRelation(nn.Module):
                 pad_mask: torch.Tensor) -> torch.Tensor:
         """(B, Q, C) queries, (B, L, C) text, (B, L) padding -> (B, Q, C) Q_c."""
         queries = self.self_attn(queries)
-        queries = self.cross_attn(queries, text, key_padding_mask=pad_mask)
+        queries = self.cross_attn(queries, text, key_padding_mask=open_empty_rows(pad_mask))
         return self.ffn(queries)
 
 

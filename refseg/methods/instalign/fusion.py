@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refseg.methods.instalign.object_text import open_empty_rows
+from refseg.modeling.decoders import open_empty_rows
 
 
 def _normalise_positions(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

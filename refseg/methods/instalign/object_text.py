@@ -17,17 +17,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from refseg.modeling.decoders import CrossAttentionLayer, MaskedAttentionDecoder
-
-
-def open_empty_rows(pad_mask: torch.Tensor) -> torch.Tensor:
-    """Key padding mask with every-padded rows opened, so attention never sees a row with
-    no key (NaN); such a sentence has no real word, its (zero) tokens are harmless.
-
-    Args:
-        pad_mask: (B, L) bool, True at padding.
-    """
-    return pad_mask & ~pad_mask.all(dim=-1, keepdim=True)
+from refseg.modeling.decoders import (
+    CrossAttentionLayer,
+    MaskedAttentionDecoder,
+    open_empty_rows,
+)
 
 
 class ObjectTextCrossAttention(nn.Module):

@@ -1,6 +1,12 @@
 """Query decoders: Mask2Former's masked-attention decoder and its building blocks."""
 
-from refseg.modeling.decoders.layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+from refseg.modeling.decoders.layers import (
+    MLP,
+    CrossAttentionLayer,
+    FFNLayer,
+    SelfAttentionLayer,
+    open_empty_rows,
+)
 from refseg.modeling.decoders.masked import (
     DecoderOutput,
     MaskedAttentionDecoder,
@@ -15,4 +21,5 @@ __all__ = [
     "MaskedAttentionDecoder",
     "SelfAttentionLayer",
     "masked_decoder_key_map",
+    "open_empty_rows",
 ]

@@ -16,6 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def open_empty_rows(pad_mask: torch.Tensor) -> torch.Tensor:
+    """Key padding mask with every-padded rows opened, so attention never sees a row with
+    no key (NaN); such a sentence has no real word, its (zero) tokens are harmless.
+
+    Args:
+        pad_mask: (B, L) bool, True at padding.
+    """
+    return pad_mask & ~pad_mask.all(dim=-1, keepdim=True)
+
+
 def _with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
     return x if pos is None else x + pos
 
