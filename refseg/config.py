@@ -150,6 +150,9 @@ def to_dict(config: RunConfig) -> dict:
 
 
 def _from_dict(cls, data: dict, where: str):
+    """``cls`` (a config dataclass, nested ones included) from a saved object of keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object of keys, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
@@ -162,8 +165,6 @@ def _from_dict(cls, data: dict, where: str):
     for name, value in data.items():
         annotation = fields[name]
         if dataclasses.is_dataclass(annotation):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{name}: expected an object of keys, got {value!r}")
             value = _from_dict(annotation, value, f"{where}.{name}")
         else:
             value = _checked(value, annotation, f"{where}.{name}")
@@ -206,20 +207,14 @@ def from_dict(data: dict, model_class: type, where: str = "config") -> RunConfig
     try:
         return RunConfig(
             method=data["method"],
-            model=_section(model_class, data["model"], f"{where}: model"),
-            data=_section(DataConfig, data["data"], f"{where}: data"),
-            train=_section(TrainConfig, data["train"], f"{where}: train"),
+            model=_from_dict(model_class, data["model"], f"{where}: model"),
+            data=_from_dict(DataConfig, data["data"], f"{where}: data"),
+            train=_from_dict(TrainConfig, data["train"], f"{where}: train"),
         )
     except KeyError as exc:
         raise ConfigError(f"{where}: missing key {exc}") from None
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-
-
-def _section(cls, value, where: str):
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected an object of keys, got {type(value).__name__}")
-    return _from_dict(cls, value, where)
 
 
 def save(config: RunConfig, path: str | Path) -> None:

@@ -188,6 +188,8 @@ def _drop_channels(meta):
     (_drop_channels, r"config\.json: model: missing config keys \['channels'\]"),
     (lambda m: m["config"].update(extra=1), r"config\.json: unknown config keys \['extra'\]"),
     (lambda m: m["config"].update(train=None), r"config\.json: train: expected an object"),
+    (lambda m: m["config"]["model"].update(thresholds=5),
+     r"config\.json: model\.thresholds: expected an object"),
 ])
 def test_a_hand_edited_checkpoint_config_is_a_one_line_error(parts, tmp_path, edit, message):
     path = write(tmp_path / "ckpt", parts)
