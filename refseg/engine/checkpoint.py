@@ -208,10 +208,11 @@ def read_meta(path: str | Path) -> dict:
         raise CheckpointError(f"{file}: cannot read ({exc.strerror})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{file}: not a refseg checkpoint config (format != {FORMAT})")
+    for key in ("method", "config", "thresholds"):  # "iteration" is optional
+        if key not in meta:
+            raise CheckpointError(f"{file}: missing key {key!r}")
     kinds = {"method": str, "config": dict, "thresholds": dict, "iteration": int}
     for key, kind in kinds.items():
-        if key not in meta and key != "iteration":
-            raise CheckpointError(f"{file}: missing key {key!r}")
         if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
             raise CheckpointError(f"{file}: {key!r} must be a {kind.__name__}, "
                                   f"got {meta[key]!r:.60}")
