@@ -43,7 +43,7 @@ def merge_thresholds(base: Thresholds, override: Thresholds | dict | None,
     for key in sorted(set(override) - set(used if used is not None else known)):
         warnings.warn(f"thresholds: this model does not use the {key!r} threshold "
                       f"(it reads {', '.join(used)}); the override changes nothing")
-    return dataclasses.replace(merged, **{k: float(v) for k, v in override.items()})
+    return merged
 
 
 def _describe(image: Any, index: int) -> str:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from refseg.modeling.matching import (
+    Assignment,
     HungarianMatcher,
     batch_dice_cost,
     batch_mask_costs,
@@ -16,6 +17,8 @@ from refseg.modeling.matching import (
     giou_cost,
     linear_assignment,
     mask_costs,
+    matched_indices,
+    matched_masks,
     pairwise_l1_cost,
     positive_bce_cost,
 )
@@ -78,6 +81,27 @@ def test_matcher_batch_with_zero_one_and_many_targets():
     assert out[0].query_idx.numel() == 0
     assert out[1].query_idx.tolist() == [2] and out[1].target_idx.tolist() == [0]
     assert out[2].query_idx.tolist() == [0, 1, 2] and out[2].target_idx.tolist() == [1, 0, 2]
+
+
+def test_matched_pairs_gather_queries_and_targets_image_by_image():
+    """Image 0: queries 1, 3 <- targets 1, 0; image 1: no target; image 2: query 0 <- 0."""
+    long = lambda *v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    assignments = [Assignment(long(1, 3), long(1, 0)), Assignment(long(), long()),
+                   Assignment(long(0), long(0))]
+    batch_idx, query_idx = matched_indices(assignments)
+    assert batch_idx.tolist() == [0, 0, 2] and query_idx.tolist() == [1, 3, 0]
+
+    logits = torch.arange(3 * 4 * 2 * 2, dtype=torch.float32).view(3, 4, 2, 2)
+    gt = [torch.stack([torch.full((3, 3), 1), torch.full((3, 3), 0)]).bool(),
+          torch.zeros(0, 3, 3, dtype=torch.bool), torch.ones(1, 3, 3, dtype=torch.bool)]
+    pred, target = matched_masks(logits, gt, assignments)
+    assert torch.equal(pred, torch.stack([logits[0, 1], logits[0, 3], logits[2, 0]]))
+    assert target.dtype == torch.float32 and target.shape == (3, 3, 3)
+    assert [t.max().item() for t in target] == [0.0, 1.0, 1.0]  # image 0 in target order 1, 0
+
+    nothing = [Assignment(long(), long())]
+    pred, target = matched_masks(logits[:1], gt[1:2], nothing)
+    assert pred.shape == (0, 2, 2) and target.shape == (0, 3, 3)
 
 
 def test_matcher_errors_name_the_term():

@@ -31,8 +31,9 @@ class Thresholds:
     mask: float = 0.5
 
     def check(self, where: str = "thresholds") -> "Thresholds":
-        """Self, when every field is a real number in [0, 1] (numpy floats included, bools
-        and nan not); else a ConfigError naming ``where`` and the field."""
+        """A copy with plain floats, when every field is a real number in [0, 1] (numpy
+        floats and ints included, bools and nan not); else a ConfigError naming ``where``
+        and the field."""
         from numbers import Real
 
         from refseg.errors import ConfigError
@@ -42,7 +43,7 @@ class Thresholds:
             # A comparison, not float(): nan fails it, and a huge int does not overflow.
             if not isinstance(value, Real) or isinstance(value, bool) or not 0 <= value <= 1:
                 raise ConfigError(f"{where}.{name}={value!r}: expected a number in [0, 1]")
-        return self
+        return Thresholds(float(self.no_target), float(self.instance), float(self.mask))
 
 
 @dataclass

@@ -29,6 +29,8 @@ from refseg.modeling.matching import (
     HungarianMatcher,
     batch_mask_costs,
     class_prob_cost,
+    matched_indices,
+    matched_masks,
 )
 
 
@@ -99,8 +101,7 @@ class DerisCriterion:
         """Unweighted terms of one round: {"refer", "mask", "dice"}; ``num_masks`` normalises
         the mask terms (default: `num_masks_over_ranks` of ``targets``)."""
         assignments = self.match(round_, targets)
-        batch_idx = torch.cat([torch.full_like(a.query_idx, b) for b, a in enumerate(assignments)])
-        query_idx = torch.cat([a.query_idx for a in assignments])
+        batch_idx, query_idx = matched_indices(assignments)
         if num_masks is None:
             num_masks = num_masks_over_ranks(targets, round_.refer_logits.device)
 
@@ -112,11 +113,9 @@ class DerisCriterion:
         class_weights[1 - REFERENT] = self.no_object_weight
         losses = {"refer": F.cross_entropy(logits.transpose(1, 2), labels, class_weights)}
 
-        pred = round_.mask_logits[batch_idx, query_idx]  # (N, H, W)
-        gt = [t.masks[a.target_idx] for t, a in zip(targets, assignments)]
-        gt_masks = torch.cat(gt) if gt else pred.new_zeros((0, 1, 1))
+        pred, gt = matched_masks(round_.mask_logits, [t.masks for t in targets], assignments)
         losses["mask"], losses["dice"] = point_mask_losses(
-            pred, gt_masks.to(pred.dtype), num_masks, self.num_points, self.oversample_ratio,
+            pred, gt, num_masks, self.num_points, self.oversample_ratio,
             self.importance_sample_ratio,
         )
         return losses

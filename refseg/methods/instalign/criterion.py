@@ -30,6 +30,8 @@ from refseg.modeling.matching import (
     Assignment,
     HungarianMatcher,
     batch_mask_costs,
+    matched_indices,
+    matched_masks,
     positive_bce_cost,
 )
 from refseg.methods.instalign.poa import poa_distance
@@ -108,8 +110,7 @@ class InstanceSupervision:
         if stage.words is not None and self.weights["poa"] != 0:
             poa = poa_distance(stage.queries, stage.words, pad_mask)  # (B, Q)
         assignments = self.match(stage, poa, targets)
-        batch_idx = torch.cat([torch.full_like(a.query_idx, b) for b, a in enumerate(assignments)])
-        query_idx = torch.cat([a.query_idx for a in assignments])
+        batch_idx, query_idx = matched_indices(assignments)
         if num_masks is None:
             num_masks = num_masks_over_ranks(targets, pad_mask.device)
 
@@ -121,12 +122,10 @@ class InstanceSupervision:
         bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
         losses = {"relevance": (weights * bce).sum() / weights.sum()}
 
-        gt = [t.masks[a.target_idx] for t, a in zip(targets, assignments)]
-        pred = stage.mask_logits[batch_idx, query_idx]  # (N, H, W)
-        gt_masks = torch.cat(gt) if gt else pred.new_zeros((0, 1, 1))
+        pred, gt = matched_masks(stage.mask_logits, [t.masks for t in targets], assignments)
         losses["mask"], losses["dice"] = point_mask_losses(
-            pred, gt_masks.to(pred.dtype), num_masks, self.num_points,
-            self.oversample_ratio, self.importance_sample_ratio,
+            pred, gt, num_masks, self.num_points, self.oversample_ratio,
+            self.importance_sample_ratio,
         )
         if poa is not None:
             losses["poa"] = poa[batch_idx, query_idx].sum() / num_masks

@@ -15,6 +15,8 @@ from refseg.modeling.matching.hungarian import (
     HungarianMatcher,
     NonFiniteCost,
     linear_assignment,
+    matched_indices,
+    matched_masks,
 )
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "giou_cost",
     "linear_assignment",
     "mask_costs",
+    "matched_indices",
+    "matched_masks",
     "pairwise_l1_cost",
     "positive_bce_cost",
 ]

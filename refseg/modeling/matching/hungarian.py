@@ -26,6 +26,39 @@ class Assignment(NamedTuple):
     target_idx: torch.Tensor
 
 
+def matched_indices(assignments: Sequence[Assignment]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every matched query of a batch as (batch index, query index) pairs, image by image
+    (Mask2Former's ``_get_src_permutation_idx``).
+
+    Args:
+        assignments: one per image, on one device; at least one.
+
+    Returns:
+        batch_idx, query_idx: (N,) long each, N the matched pairs of the batch; with
+        ``batch_idx`` first, they index a (B, Q, ...) prediction.
+    """
+    batch_idx = torch.cat([torch.full_like(a.query_idx, b) for b, a in enumerate(assignments)])
+    return batch_idx, torch.cat([a.query_idx for a in assignments])
+
+
+def matched_masks(mask_logits: torch.Tensor, gt_masks: Sequence[torch.Tensor],
+                  assignments: Sequence[Assignment]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matched queries' masks beside their targets', pair by pair, for the mask losses.
+
+    Args:
+        mask_logits: (B, Q, H, W) predicted mask logits.
+        gt_masks: B tensors (G_b, h, w) of {0, 1} target masks.
+        assignments: B, one per image.
+
+    Returns:
+        pred (N, H, W) and gt (N, h, w) in pred's dtype, N the matched pairs.
+    """
+    batch_idx, query_idx = matched_indices(assignments)
+    pred = mask_logits[batch_idx, query_idx]
+    gt = [masks[a.target_idx] for masks, a in zip(gt_masks, assignments)]
+    return pred, (torch.cat(gt) if gt else pred.new_zeros((0, 1, 1))).to(pred.dtype)
+
+
 def linear_assignment(cost: torch.Tensor) -> Assignment:
     """Minimum-cost one-to-one matching of the rows and columns of `cost`.
 
