@@ -370,3 +370,26 @@ def test_corrupt_pickles_are_clear_errors_without_huge_allocations(tmp_path):
     path.write_bytes(b"\x80\x02(J\x00\x00\x00\x7fh\x00")  # a memo index never stored
     with pytest.raises(DataError, match="not a readable pickle"):
         load_pickle(path)
+
+
+def test_bytearray_longer_than_the_file_is_refused_before_it_is_allocated(tmp_path):
+    import struct
+    import tracemalloc
+
+    from refseg.io.safe_pickle import load_pickle
+
+    path = tmp_path / "refs(unc).p"
+    # 12 bytes declaring a 64 MiB bytearray (BYTEARRAY8 zero-fills what it declares).
+    path.write_bytes(b"\x80\x05\x96" + struct.pack("<Q", 64 * 2**20) + b".")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"refs\(unc\).p: not a readable pickle \(a bytearray "
+                                            r"of 67108864 bytes in a file of 12 bytes\)"):
+            load_pickle(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+    # Protocol 5 stores numpy's array bytes as such a bytearray: within the file, it loads.
+    path.write_bytes(pickle.dumps({"w": np.arange(6, dtype=np.int32)}, protocol=5))
+    np.testing.assert_array_equal(load_pickle(path, allow_numpy=True)["w"], np.arange(6))

@@ -4,6 +4,8 @@ Plain ``pickle.load`` runs any code a file names; these loaders admit only plain
 They run pickle's pure-Python unpickler: the C one sizes its memo table by the largest
 index a file names, so a corrupt or hostile file of a few bytes can make it allocate and
 clear tens of GB; the Python one keeps the memo in a dict (about 2.5x slower to load).
+One of its opcodes, BYTEARRAY8, still allocates and zero-fills the length it declares
+before reading a byte: a bytearray longer than the whole file is refused first.
 """
 
 from __future__ import annotations
@@ -43,10 +45,26 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python implementation
     """``encoding`` decodes Python 2 ``str`` objects: UTF-8 for text (a refs file's
     sentences), latin-1 where numpy stores array bytes as such strings."""
 
-    def __init__(self, file, allowed: set[tuple[str, str]], source: str, encoding: str):
-        super().__init__(file, encoding=encoding)
+    def __init__(self, data: bytes, allowed: set[tuple[str, str]], source: str, encoding: str):
+        super().__init__(io.BytesIO(data), encoding=encoding)
         self._allowed = allowed
         self._source = source
+        self._size = len(data)
+
+    def load_bytearray8(self):
+        """BYTEARRAY8 (protocol 5, numpy's in-band array data), its length checked against
+        the file's before the bytearray is allocated."""
+        (length,) = struct.unpack("<Q", self.read(8))
+        if length > self._size:
+            raise pickle.UnpicklingError(
+                f"a bytearray of {length} bytes in a file of {self._size} bytes"
+            )
+        data = bytearray(length)
+        self.readinto(data)
+        self.append(data)
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._allowed:
@@ -81,7 +99,7 @@ def load_pickle(path: str | Path, *, allow_numpy: bool = False):
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     encoding = "latin1" if allow_numpy else "utf-8"
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), allowed, str(path), encoding).load()
+        return _RestrictedUnpickler(data, allowed, str(path), encoding).load()
     except DataError:
         raise
     except EOFError:
