@@ -309,6 +309,19 @@ def test_duplicate_sent_ids(tmp_path):
     assert len(load_split("refcoco", _write(tmp_path, refs), "val")) == 1
 
 
+@pytest.mark.parametrize("order", [1, -1])
+def test_duplicate_sent_ids_count_sentences_left_out_for_crowd(order, tmp_path):
+    # Ann 13 is crowd: its sentence is left out, yet its sent_id is taken. Were it not,
+    # scoring would set aside the prediction for the kept sentence 5 as "left out".
+    refs = [
+        ref_record(1, 1, 13, "val", [sentence(5, "the crowd")]),
+        ref_record(2, 1, 11, "val", [sentence(5, "left box")]),
+    ][::order]
+    first, second = (1, 2) if order == 1 else (2, 1)
+    msg = _error("refcoco", _write(tmp_path, refs))
+    assert f"ref {second}: sent_id 5: duplicate sent_id (also in ref {first}, split val)" in msg
+
+
 def test_malformed_sentences_and_ann_ids(tmp_path):
     s = sentence(1, "a")
     del s["sent"], s["raw"]

@@ -237,6 +237,13 @@ class _SplitBuilder:
         text = sent.get("raw", sent.get("sent"))  # the official loaders read "raw"
         if not isinstance(text, str):
             raise DataError(f"{where_s}: missing field 'raw' (or 'sent')")
+        # Left-out sentences count too: scoring looks a sent_id up in samples and left_out.
+        if sent_id in self.sent_refs:
+            raise DataError(
+                f"{where_s}: duplicate sent_id (also in ref {self.sent_refs[sent_id]}, "
+                f"split {self.split})"
+            )
+        self.sent_refs[sent_id] = ref["ref_id"]
         if kept is None or not self.reader.sentence_has_target(sent, where_s):
             ann_ids: tuple[int, ...] = ()
         elif not kept:
@@ -246,12 +253,6 @@ class _SplitBuilder:
             return
         else:
             ann_ids = kept
-        if sent_id in self.sent_refs:
-            raise DataError(
-                f"{where_s}: duplicate sent_id (also in ref {self.sent_refs[sent_id]}, "
-                f"split {self.split})"
-            )
-        self.sent_refs[sent_id] = ref["ref_id"]
         self.samples.append(
             Sample(
                 sent_id=sent_id,
