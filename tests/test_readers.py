@@ -209,7 +209,12 @@ def test_refs_file_of_another_format(tmp_path):
     msg = _error("refcoco", tmp_path, "train")
     assert "refs(unc).p: ref 1: ann_id is a list" in msg and "--format grefcoco" in msg
     tiny_benchmark("rrefcoco", tmp_path)
-    assert "use --format rrefcoco" in _error("refcoco", tmp_path, "train")
+    assert "a sentence has exist=False" in _error("refcoco", tmp_path, "train")
+    # R-RefCOCO reads exist=0 as False too: not a target sentence for RefCOCO either.
+    zero = [ref_record(3, 1, 11, "val", [sentence(1, "a"), sentence(2, "a cat", exist=0)])]
+    assert load_split("rrefcoco", _write(tmp_path, zero), "val").by_sent_id[2].no_target
+    msg = _error("refcoco", _write(tmp_path, zero))
+    assert "ref 3: a sentence has exist=0 (an R-RefCOCO file? use --format rrefcoco)" in msg
     tiny_benchmark("refzom", tmp_path, refs_name="refs(unc).p")
     assert "ref 1: has a 'source' field" in _error("refcoco", tmp_path, "train")
     assert "ref 1: has a 'source' field" in _error("rrefcoco", tmp_path, "train")

@@ -26,12 +26,13 @@ class RefCocoReader(RefReader):
         if "source" in ref:
             raise DataError(f"{where}: has a 'source' field (a Ref-ZOM file? use --format refzom)")
         sentences = ref["sentences"]
-        if isinstance(sentences, list) and any(
-            isinstance(s, dict) and s.get("exist", True) is False for s in sentences
-        ):
-            raise DataError(
-                f"{where}: a sentence has exist=False (an R-RefCOCO file? use --format rrefcoco)"
-            )
+        if not isinstance(sentences, list):
+            return
+        for s in sentences:
+            # Falsy as R-RefCOCO reads it: False, and 0 as well.
+            if isinstance(s, dict) and not s.get("exist", True):
+                raise DataError(f"{where}: a sentence has exist={s['exist']!r} "
+                                "(an R-RefCOCO file? use --format rrefcoco)")
 
     def referents(self, ref: dict, where: str) -> tuple[int, ...]:
         return tuple(ann_id_list(ref, where))
