@@ -39,16 +39,21 @@ def test_polygons_a_little_outside_the_image_are_clipped_by_rasterising():
     np.testing.assert_array_equal(masks.rle_to_mask(spilling), masks.rle_to_mask(inside))
 
 
-def test_four_coordinate_polygon_is_rejected_not_read_as_a_box():
-    # pycocotools would take [x, y, w, h] for a box; a 2-point polygon is malformed.
-    with pytest.raises(DataError, match=r"ann 7: polygon 1 has 4 coordinates"):
-        masks.segmentation_to_rle([rect(0, 0, 2, 2), [1, 1, 3, 3]], H, W, where="ann 7")
+def test_polygons_of_one_or_two_points_are_left_out_not_read_as_a_box():
+    # pycocotools would take [x, y, w, h] for a box; detectron2 and ReLA drop the polygon.
+    alone = masks.segmentation_to_rle([rect(0, 0, 2, 2)], H, W)
+    for degenerate in ([1, 1, 3, 3], [5, 5]):
+        mixed = masks.segmentation_to_rle([degenerate, rect(0, 0, 2, 2)], H, W, where="ann 7")
+        assert mixed == alone
+    with pytest.raises(DataError, match=r"ann 7: no polygon has 3 points or more"):
+        masks.segmentation_to_rle([[1, 1, 3, 3], [5, 5]], H, W, where="ann 7")
 
 
 @pytest.mark.parametrize(
     "seg, message",
     [
         ([[0, 0, 4, 0, 4]], "5 coordinates"),
+        ([rect(0, 0, 2, 2), []], "polygon 1 has 0 coordinates"),
         ([[0, 0, 4, 0, "x", 4]], "not a list of numbers"),
         ([[0, 0, 4, 0, float("inf"), 4]], r"polygon 0, point 2: x = inf lies far outside the 16 x 12"),
         ([[0, 0, 4, 0, 4, float("nan")]], "point 2: y = nan lies far outside"),

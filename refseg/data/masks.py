@@ -33,7 +33,9 @@ def segmentation_to_rle(segmentation: Any, h: int, w: int, *, where: str = "segm
 
     Polygons are rasterised one by one and united (a pixel covered by two overlapping
     polygons is foreground: refer's ``getMask`` sums the channels and some repositories
-    keep ``== 1``, dropping overlaps; not here).
+    keep ``== 1``, dropping overlaps; not here). A polygon of one or two points (2 or 4
+    coordinates, no area) is left out, as detectron2's COCO loader and ReLA's gRefCOCO
+    loader leave it out.
 
     Args:
         segmentation: a list of polygons ``[[x0, y0, x1, y1, ...], ...]``, a compressed RLE
@@ -42,14 +44,17 @@ def segmentation_to_rle(segmentation: Any, h: int, w: int, *, where: str = "segm
         where: names the annotation in error messages (file and id).
 
     Raises:
-        DataError: a polygon with fewer than 3 points, an odd number of coordinates or a
-            coordinate far outside the image (or not finite), an RLE of another size,
-            counts that are malformed or do not cover h * w pixels.
+        DataError: no polygon of at least 3 points, a polygon with an odd number of
+            coordinates or a coordinate far outside the image (or not finite), an RLE of
+            another size, counts that are malformed or do not cover h * w pixels.
     """
     if isinstance(segmentation, dict):
         return validate_rle(segmentation, h, w, where=where)
     if isinstance(segmentation, (list, tuple)) and segmentation:
         polygons = [_check_polygon(p, i, h, w, where) for i, p in enumerate(segmentation)]
+        polygons = [p for p in polygons if len(p) >= 6]
+        if not polygons:
+            raise DataError(f"{where}: no polygon has 3 points or more (6 coordinates)")
         # frPyObjects takes a list of 4 numbers as a box: pass polygons as lists of lists.
         rles = mask_utils.frPyObjects(polygons, h, w)
         return _as_str(mask_utils.merge(rles, intersect=False))
@@ -67,10 +72,10 @@ def _check_polygon(polygon: Any, index: int, h: int, w: int, where: str) -> list
         isinstance(v, Real) and not isinstance(v, bool) for v in polygon
     ):
         raise DataError(f"{where}: polygon {index} is not a list of numbers")
-    if len(polygon) % 2 or len(polygon) < 6:
+    if len(polygon) % 2 or not polygon:
         raise DataError(
             f"{where}: polygon {index} has {len(polygon)} coordinates; a polygon needs an even "
-            "number and at least 3 points (6 coordinates)"
+            "number of them, x and y of each point"
         )
     coords = [_coordinate(v) for v in polygon]
     for k, v in enumerate(coords):
