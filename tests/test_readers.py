@@ -124,10 +124,14 @@ def test_raw_is_the_sentence_text_and_sent_the_fallback(tmp_path):
     s["raw"] = "The man on the left."
     fallback = sentence(2, "the sent text")
     del fallback["raw"]
+    null_raw = sentence(3, "the third")
+    null_raw["raw"] = None
     write_instances(tmp_path, IMAGES, annotations())
-    write_refs(tmp_path / "refs(unc).p", [ref_record(1, 1, 11, "val", [s, fallback])])
+    write_refs(tmp_path / "refs(unc).p",
+               [ref_record(1, 1, 11, "val", [s, fallback, null_raw])])
     samples = load_split("refcoco", tmp_path, "val").samples
-    assert [x.sentence for x in samples] == ["The man on the left.", "the sent text"]
+    assert [x.sentence for x in samples] == ["The man on the left.", "the sent text",
+                                             "the third"]
 
 
 def test_grefcoco_pickle_and_json(tmp_path):
@@ -331,7 +335,7 @@ def test_malformed_sentences_and_ann_ids(tmp_path):
     s = sentence(1, "a")
     del s["sent"], s["raw"]
     msg = _error("refcoco", _write(tmp_path, [ref_record(3, 1, 11, "val", [s])]))
-    assert "sent_id 1: missing field 'raw' (or 'sent')" in msg
+    assert "sent_id 1: no text in field 'raw' (or 'sent')" in msg
     s = sentence(1, "a")
     del s["sent_id"]
     ref = ref_record(3, 1, 11, "val", [s])

@@ -234,9 +234,11 @@ class _SplitBuilder:
             raise DataError(f"{where}: sentence {i} is not a record")
         sent_id = _sent_id(ref, i, sent, where)
         where_s = f"{where}: sent_id {sent_id}"
-        text = sent.get("raw", sent.get("sent"))  # the official loaders read "raw"
+        text = sent.get("raw")  # the official loaders read "raw"
         if not isinstance(text, str):
-            raise DataError(f"{where_s}: missing field 'raw' (or 'sent')")
+            text = sent.get("sent")
+        if not isinstance(text, str):
+            raise DataError(f"{where_s}: no text in field 'raw' (or 'sent')")
         # Left-out sentences count too: scoring looks a sent_id up in samples and left_out.
         if sent_id in self.sent_refs:
             raise DataError(
