@@ -28,14 +28,17 @@ class TinyFilmConfig:
     text_dim: int = 8
     vocab_size: int = 0  # 0 = from the tokenizer
     dropout: float = 0.1
+    spare_head: bool = False  # build a head the loss never reads (a misbuilt model)
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
 class TinyFilm(RefSegModel):
     """Two stride-2 convs, FiLM by the mean word embedding, a mask and a no-target head."""
 
-    def __init__(self, *, vocab_size: int, channels: int, text_dim: int, dropout: float):
+    def __init__(self, *, vocab_size: int, channels: int, text_dim: int, dropout: float,
+                 spare_head: bool = False):
         super().__init__()
+        self.spare = nn.Linear(channels, 1) if spare_head else None
         self.stem = nn.Sequential(
             nn.Conv2d(3, channels, 3, stride=2, padding=1),
             nn.ReLU(),
@@ -57,7 +60,10 @@ class TinyFilm(RefSegModel):
         feats = self.drop(feats)
         merged = self.mask_head(feats)[:, 0]  # (B, S', S')
         pooled = torch.cat([feats.mean(dim=(2, 3)), sentence], dim=1)
-        return {"merged": merged, "no_target": self.no_target_head(pooled)[:, 0]}
+        out = {"merged": merged, "no_target": self.no_target_head(pooled)[:, 0]}
+        if self.spare is not None:
+            out["spare"] = self.spare(feats.mean(dim=(2, 3)))  # an output the loss ignores
+        return out
 
     def loss(self, outputs, batch: Batch) -> dict[str, torch.Tensor]:
         side = outputs["merged"].shape[-1]
@@ -87,6 +93,7 @@ def build_model(config: TinyFilmConfig, tokenizer: WordTokenizer) -> TinyFilm:
         channels=config.channels,
         text_dim=config.text_dim,
         dropout=config.dropout,
+        spare_head=config.spare_head,
     )
 
 

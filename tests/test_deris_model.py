@@ -140,7 +140,8 @@ def test_matched_query_is_the_one_covering_the_target():
     assert a.query_idx.tolist() == [3] and a.target_idx.tolist() == [0]
 
 
-@pytest.mark.parametrize("override", [
+# Every ablation switch of the paper (tests/test_distributed.py runs them too).
+ABLATIONS = [
     "model.synergy=p2c",
     "model.synergy=c2p",
     "model.rounds=1",
@@ -155,7 +156,10 @@ def test_matched_query_is_the_one_covering_the_target():
     "model.mask_pool_norm=mask",
     "model.existence_at_test=true",
     "model.existence_weight=0",
-])
+]
+
+
+@pytest.mark.parametrize("override", ABLATIONS)
 def test_every_ablation_switch_runs_forward_and_backward(override):
     model, tok = build(override)
     batch = make_batch(tok)

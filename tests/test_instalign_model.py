@@ -9,6 +9,7 @@ import torch
 from builders import noise_at_padding, open_zero_initialised_paths, without_gradient
 
 from refseg.config import apply_overrides, from_dict, to_dict
+from refseg.engine.distributed import parameters_without_gradient
 from refseg.errors import ConfigError
 from refseg.methods.instalign.aggregation import FixedSelection
 from refseg.methods.instalign.config import InstAlignConfig, instalign_swin_b, instalign_tiny
@@ -115,7 +116,8 @@ def test_matched_query_is_the_one_covering_the_target():
     assert a.query_idx.tolist() == [3] and a.target_idx.tolist() == [0]
 
 
-@pytest.mark.parametrize("override", [
+# Every ablation switch of the paper (tests/test_distributed.py runs them too).
+ABLATIONS = [
     "model.instance_supervision=none",
     "model.instance_supervision=mask2former",
     "model.aggregation=fixed",
@@ -126,7 +128,10 @@ def test_matched_query_is_the_one_covering_the_target():
     "model.num_queries=5",
     "model.early_fusion=none",
     "model.deep_supervision=false",
-])
+]
+
+
+@pytest.mark.parametrize("override", ABLATIONS)
 def test_every_ablation_switch_runs_forward_and_backward(override):
     model, tok = build(override)
     batch = make_batch(tok)
@@ -139,6 +144,8 @@ def test_every_ablation_switch_runs_forward_and_backward(override):
         assert "poa" not in losses and "ins" in losses
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    # what torchrun needs (refseg.engine.distributed.wrap): every trained part takes part
+    assert parameters_without_gradient(model) == []
     # the switch built what it names (and the default build does not)
     built = SWITCHED.get(override)
     if built is not None:

@@ -118,6 +118,28 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(v) for v in tensor.tolist()]
 
 
+def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """``model`` as a DistributedDataParallel replica under torchrun, else ``model``.
+
+    Every trained parameter must get a gradient in every step: the models build only what
+    their config uses (tested per ablation), so DDP does not search the graph for unused
+    parameters each step. (That search marks what the forward outputs reach, not what the
+    loss does: an output left out of the loss stalls its bucket and leaves the gradients
+    sharing it unaveraged.)
+    """
+    if not ctx.distributed:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+        find_unused_parameters=False,
+    )
+
+
+def parameters_without_gradient(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters that require a gradient and have none after a backward."""
+    return [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
 def autocast(device: torch.device, amp: str):
     """bf16/fp16 autocast on GPU (``amp`` = none | bf16 | fp16); a no-op elsewhere."""
     import contextlib

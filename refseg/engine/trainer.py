@@ -208,16 +208,11 @@ class Trainer:
         self.collate = Collate(self.tokenizer, self.train_set.source)
         self.iteration = self.epoch = self.position = 0
         self.step_lr = 0.0  # the learning rate of the last step taken
+        self.gradients_checked = False  # under torchrun, by the first step (_check_gradients)
         self.best = None  # best primary validation metric so far
         if resume_from is not None:
             self._restore(checkpoint.load_train_state(resume_from), resume_from)
-        self.wrapped = self.model
-        if ctx.distributed:
-            self.wrapped = torch.nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                find_unused_parameters=True,  # ablations leave parts of a model unused
-            )
+        self.wrapped = distributed.wrap(self.model, ctx)  # the first step checks its premise
         self.log = None
         # Before the first write: a second process training into the same directory stops here.
         self._lock = _lock_run_dir(self.run_dir) if ctx.is_main else None
@@ -388,6 +383,9 @@ class Trainer:
         loss = losses["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.ctx.distributed and not self.gradients_checked:
+            self._check_gradients()
+            self.gradients_checked = True  # the parts a config uses are the same every step
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure only
@@ -400,6 +398,19 @@ class Trainer:
         self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.scheduler.step()
         return {k: v.detach().float() for k, v in losses.items()}, over
+
+    def _check_gradients(self) -> None:
+        """Under torchrun, a trained parameter without a gradient would leave its bucket
+        unreduced (`distributed.wrap`): name them instead of DDP's error a step later."""
+        missing = distributed.parameters_without_gradient(self.model)
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            listed = ", ".join(missing[:5]) + more
+            raise ConfigError(
+                f"{self.config.method}: {len(missing)} trained parameters got no gradient in "
+                f"the first step ({listed}); under torchrun every trained parameter must "
+                "take part in the loss (freeze it, or leave it out of the model)"
+            )
 
     def _nonfinite(self, what: str, losses: dict, sent_ids: list[int]) -> NonFiniteLoss:
         ids = [i for part in distributed.all_gather_object(list(sent_ids)) for i in part]

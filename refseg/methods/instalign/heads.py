@@ -10,7 +10,7 @@
 (The mask head m_i = MLP(q_i) . F_mask is the shared decoder's ``predict_masks``.)
 
 Every input module maps queries (B, Q, C), relevance logits (B, Q) and the sentence
-(B, Ct) to (B, out_dim).
+(B, Ct) to (B, out_dim); ``reads_sentence`` says whether it reads t_s.
 
 Legend: B batch, Q queries, C hidden channels, Ct text channels.
 """
@@ -39,6 +39,8 @@ class RelevanceHead(nn.Module):
 class RelevancePooledWithSentence(nn.Module):
     """[g ; t_s], g = sum_i p_i q_i (InstAlign Eq. 7, the paper's choice)."""
 
+    reads_sentence = True
+
     def __init__(self, *, dim: int, text_dim: int):
         super().__init__()
         self.out_dim = dim + text_dim
@@ -51,6 +53,8 @@ class RelevancePooledWithSentence(nn.Module):
 class RelevancePooled(nn.Module):
     """g = sum_i p_i q_i alone."""
 
+    reads_sentence = False
+
     def __init__(self, *, dim: int, text_dim: int):
         super().__init__()
         self.out_dim = dim
@@ -62,6 +66,8 @@ class RelevancePooled(nn.Module):
 class SentenceOnly(nn.Module):
     """t_s alone: the decision from the sentence embedding, blind to the image."""
 
+    reads_sentence = True
+
     def __init__(self, *, dim: int, text_dim: int):
         super().__init__()
         self.out_dim = text_dim
@@ -72,6 +78,8 @@ class SentenceOnly(nn.Module):
 
 class QueryMean(nn.Module):
     """The mean of all queries, ignoring relevance (Table 3(c), last row)."""
+
+    reads_sentence = False
 
     def __init__(self, *, dim: int, text_dim: int):
         super().__init__()

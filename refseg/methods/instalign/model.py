@@ -242,11 +242,17 @@ def build_instalign(cfg: InstAlignConfig, tokenizer, *, pretrained: bool = True)
         mask_dim=cfg.mask_dim, num_encoder_layers=cfg.encoder_layers, n_heads=cfg.encoder_heads,
         n_points=cfg.encoder_points, ffn_dim=cfg.encoder_ffn_dim,
     )
+    poa = cfg.instance_supervision == "poa" and cfg.poa_weight != 0
     decoder = InstAlignDecoder(
         in_channels=cfg.hidden_dim, hidden_dim=cfg.hidden_dim, num_queries=cfg.num_queries,
         num_layers=cfg.decoder_layers, n_heads=cfg.decoder_heads, ffn_dim=cfg.decoder_ffn_dim,
-        mask_dim=cfg.mask_dim,
+        mask_dim=cfg.mask_dim, last_words=poa,
     )
+    no_target = build_no_target_predictor(cfg.no_target_input, dim=cfg.hidden_dim,
+                                          text_dim=text_encoder.width)
+    if not no_target.pooling.reads_sentence:
+        # t_s goes unread: its pooler stays as loaded (and out of a distributed reduction).
+        text_encoder.bert.pooler.requires_grad_(False)
     return InstAlign(
         config=cfg,
         text_encoder=text_encoder,
@@ -257,8 +263,7 @@ def build_instalign(cfg: InstAlignConfig, tokenizer, *, pretrained: bool = True)
         relevance_head=RelevanceHead(dim=cfg.hidden_dim, num_layers=cfg.relevance_mlp_layers),
         aggregation=build_aggregation(cfg.aggregation,
                                       selection_threshold=cfg.thresholds.instance),
-        no_target=build_no_target_predictor(cfg.no_target_input, dim=cfg.hidden_dim,
-                                            text_dim=text_encoder.width),
+        no_target=no_target,
     )
 
 

@@ -29,14 +29,18 @@ class ObjectTextCrossAttention(nn.Module):
 
     Both directions are post-norm residual cross-attention layers (Mask2Former's
     `CrossAttentionLayer`); the query positions are added to the queries on both sides.
+    ``update_words=False`` builds the first direction only and passes the words through:
+    the last block's words feed POA alone, so without POA nothing would train that half
+    (and under DistributedDataParallel an output without a gradient stalls the reduction).
     """
 
-    def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0):
+    def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0,
+                 update_words: bool = True):
         super().__init__()
         self.query_from_text = CrossAttentionLayer(d_model=d_model, n_heads=n_heads,
                                                    dropout=dropout)
-        self.text_from_query = CrossAttentionLayer(d_model=d_model, n_heads=n_heads,
-                                                   dropout=dropout)
+        self.text_from_query = CrossAttentionLayer(
+            d_model=d_model, n_heads=n_heads, dropout=dropout) if update_words else None
 
     def forward(self, queries: torch.Tensor, query_pos: torch.Tensor, words: torch.Tensor,
                 pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,10 +53,13 @@ class ObjectTextCrossAttention(nn.Module):
             pad_mask: (B, L) bool, True at padding: never attended to, and kept at zero.
 
         Returns:
-            queries (B, Q, C) and words (B, L, C), both refined.
+            queries (B, Q, C) and words (B, L, C), both refined (words as they came
+            without ``update_words``).
         """
         new_queries = self.query_from_text(queries, words, query_pos=query_pos,
                                            key_padding_mask=open_empty_rows(pad_mask))
+        if self.text_from_query is None:
+            return new_queries, words
         new_words = self.text_from_query(words, queries, memory_pos=query_pos)
         return new_queries, new_words.masked_fill(pad_mask[..., None], 0.0)
 
@@ -74,15 +81,17 @@ class TextContext:
 
 class InstAlignDecoder(MaskedAttentionDecoder):
     """Mask2Former's masked-attention decoder with an object-text cross-attention step in
-    every block (the shared decoder's ``interact`` hook)."""
+    every block (the shared decoder's ``interact`` hook). ``last_words`` False: the last
+    block leaves the words as they are (nothing reads them without POA)."""
 
     def __init__(self, *, n_heads: int = 8, num_layers: int = 9, hidden_dim: int = 256,
-                 dropout: float = 0.0, **kwargs):
+                 dropout: float = 0.0, last_words: bool = True, **kwargs):
         super().__init__(n_heads=n_heads, num_layers=num_layers, hidden_dim=hidden_dim,
                          dropout=dropout, **kwargs)
         self.object_text_layers = nn.ModuleList(
-            ObjectTextCrossAttention(d_model=hidden_dim, n_heads=n_heads, dropout=dropout)
-            for _ in range(num_layers)
+            ObjectTextCrossAttention(d_model=hidden_dim, n_heads=n_heads, dropout=dropout,
+                                     update_words=last_words or i < num_layers - 1)
+            for i in range(num_layers)
         )
 
     def interact(self, layer_index: int, queries: torch.Tensor, query_pos: torch.Tensor,
