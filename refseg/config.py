@@ -92,6 +92,16 @@ def check_at_least(config, section: str, names: Sequence[str], minimum: int) -> 
             raise ConfigError(f"{section}.{name}={value}: must be >= {minimum}")
 
 
+def check_divides(config, section: str, pairs: Sequence[tuple[str, str]]) -> None:
+    """Raise ConfigError on the first (width, heads) pair of field names of ``config``
+    whose heads do not divide the width (attention splits the width over its heads);
+    ``section`` as in `check_choices`."""
+    for width, heads in pairs:
+        if getattr(config, width) % getattr(config, heads):
+            raise ConfigError(f"{section}.{heads}={getattr(config, heads)}: must divide "
+                              f"{section}.{width}={getattr(config, width)}")
+
+
 def _coerce(value: str, annotation, key: str):
     """Parse ``value`` (the text after '=') into ``annotation``'s type or raise."""
     origin = typing.get_origin(annotation)

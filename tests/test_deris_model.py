@@ -360,6 +360,14 @@ def test_paper_config_numbers():
     ("model.mask_dim=16", "model.mask_dim"),
     ("model.cognition_size=60", "model.cognition_size"),
     ("model.backbone=resnet50", "model.backbone"),
+    ("model.encoder_heads=3", r"model\.encoder_heads=3: must divide model\.hidden_dim=32"),
+    ("model.decoder_heads=3", r"model\.decoder_heads=3: must divide model\.hidden_dim=32"),
+    ("model.cognition_heads=3", r"model\.cognition_heads=3: must divide model\.cognition_dim"),
+    ("model.cognition_layer_heads=3", r"model\.cognition_layer_heads=3: must divide"),
+    ("model.cognition_patch_size=0", r"model\.cognition_patch_size=0: must be >= 1"),
+    ("model.norm_groups=0", r"model\.norm_groups=0: must be >= 1"),
+    ("model.decoder_heads=0", r"model\.decoder_heads=0: must be >= 1"),
+    ("model.encoder_points=-1", r"model\.encoder_points=-1: must be >= 1"),
 ])
 def test_bad_choices_are_config_errors(override, message):
     run = tiny_run(override)

@@ -294,6 +294,14 @@ def test_tokenizer_round_trip(tmp_path):
     ("model.early_fusion=film", "model.early_fusion"),
     ("model.fusion_gate=half", "model.fusion_gate"),
     ("model.backbone=resnet50", "model.backbone"),
+    ("model.encoder_heads=3", r"model\.encoder_heads=3: must divide model\.hidden_dim=32"),
+    ("model.decoder_heads=3", r"model\.decoder_heads=3: must divide model\.hidden_dim=32"),
+    ("model.text_heads=3", r"model\.text_heads=3: must divide model\.text_dim=32"),
+    ("model.encoder_heads=0", r"model\.encoder_heads=0: must be >= 1"),
+    ("model.decoder_heads=-1", r"model\.decoder_heads=-1: must be >= 1"),
+    ("model.encoder_points=-1", r"model\.encoder_points=-1: must be >= 1"),
+    ("model.decoder_ffn_dim=-1", r"model\.decoder_ffn_dim=-1: must be >= 1"),
+    ("model.text_dim=0", r"model\.text_dim=0: must be >= 1"),
 ])
 def test_bad_choices_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):

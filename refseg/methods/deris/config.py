@@ -16,7 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from refseg.config import DataConfig, RunConfig, TrainConfig, check_at_least, check_choices
+from refseg.config import (
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+    check_at_least,
+    check_choices,
+    check_divides,
+)
 from refseg.errors import ConfigError
 from refseg.modeling.base import Thresholds
 
@@ -118,7 +125,17 @@ class DerisConfig:
         check_at_least(self, "model", ("num_queries", "rounds", "hidden_dim", "mask_dim",
                                        "num_points", "cognition_size", "cognition_dim",
                                        "cognition_depth", "mask_pool_stride",
-                                       "existence_layers"), 1)
+                                       "existence_layers", "encoder_heads", "encoder_points",
+                                       "encoder_ffn_dim", "norm_groups", "decoder_heads",
+                                       "decoder_ffn_dim", "cognition_patch_size",
+                                       "cognition_heads", "cognition_ffn_dim",
+                                       "cognition_layer_heads", "cognition_layer_ffn_dim"), 1)
+        check_at_least(self, "model", ("encoder_layers",), 0)
+        check_divides(self, "model", (("hidden_dim", "encoder_heads"),
+                                      ("hidden_dim", "decoder_heads"),
+                                      ("hidden_dim", "norm_groups"),
+                                      ("hidden_dim", "cognition_layer_heads"),
+                                      ("cognition_dim", "cognition_heads")))
         if self.cognition_size % self.cognition_patch_size:
             raise ConfigError(f"model.cognition_size={self.cognition_size}: not a multiple of "
                               f"model.cognition_patch_size={self.cognition_patch_size}")

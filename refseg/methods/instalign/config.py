@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from refseg.config import DataConfig, RunConfig, TrainConfig, check_at_least, check_choices
+from refseg.config import (
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+    check_at_least,
+    check_choices,
+    check_divides,
+)
 from refseg.errors import ConfigError
 from refseg.modeling.base import Thresholds
 
@@ -108,7 +115,13 @@ class InstAlignConfig:
             "backbone_weights_layout": WEIGHT_LAYOUTS,
         })
         check_at_least(self, "model", ("num_queries", "decoder_layers", "hidden_dim",
-                                       "mask_dim", "num_points"), 1)
+                                       "mask_dim", "num_points", "text_dim", "text_heads",
+                                       "fusion_heads", "encoder_heads", "encoder_points",
+                                       "encoder_ffn_dim", "decoder_heads", "decoder_ffn_dim"), 1)
+        check_at_least(self, "model", ("text_layers", "encoder_layers"), 0)
+        check_divides(self, "model", (("hidden_dim", "encoder_heads"),
+                                      ("hidden_dim", "decoder_heads"),
+                                      ("text_dim", "text_heads")))
         if self.text_encoder == "bert" and self.tokenizer != "bert":
             raise ConfigError("model.tokenizer: a pretrained BERT needs its own tokenizer (bert)")
 
