@@ -190,6 +190,10 @@ def _drop_channels(meta):
     (lambda m: m["config"].update(train=None), r"config\.json: train: expected an object"),
     (lambda m: m["config"]["model"].update(thresholds=5),
      r"config\.json: model\.thresholds: expected an object"),
+    (lambda m: m["config"].update(method="deris"),
+     r"config\.json: the config's method 'deris' is not the checkpoint's 'tinyfilm'"),
+    (lambda m: m["config"].update(method=3), r"the config's method 3 is not the checkpoint's"),
+    (lambda m: m["config"]["data"].update(image_size=0), r"data\.image_size=0: must be >= 1"),
 ])
 def test_a_hand_edited_checkpoint_config_is_a_one_line_error(parts, tmp_path, edit, message):
     path = write(tmp_path / "ckpt", parts)

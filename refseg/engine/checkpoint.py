@@ -241,13 +241,21 @@ class Loaded:
 
 
 def read_config(path: str | Path, meta: dict | None = None) -> config_io.RunConfig:
+    """The run config a checkpoint was trained with: of the checkpoint's method, and with
+    the network input side a model can be run at."""
     from refseg.methods.registry import get_method
 
     meta = meta or read_meta(path)
     file = Path(path) / CONFIG
+    inner = meta["config"].get("method")
+    if inner != meta["method"]:
+        raise CheckpointError(f"{file}: the config's method {inner!r} is not the checkpoint's "
+                              f"{meta['method']!r}")
     try:
         method = get_method(meta["method"])
-        return config_io.from_dict(meta["config"], method.config_class, where=str(file))
+        config = config_io.from_dict(meta["config"], method.config_class, where=str(file))
+        config_io.check_at_least(config.data, "data", ("image_size",), 1)
+        return config
     except ConfigError as exc:
         message = str(exc)  # from_dict's messages name the file already
         raise CheckpointError(message if message.startswith(str(file))
