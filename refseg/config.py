@@ -234,9 +234,13 @@ def save(config: RunConfig, path: str | Path) -> None:
 
 
 def load_json(path: str | Path) -> dict:
+    """A config file's JSON; unreadable text (not UTF-8, not JSON, nested too deeply, an
+    integer over Python's digit limit) is a ConfigError naming the file."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid JSON (nested too deeply)") from None

@@ -328,6 +328,22 @@ def test_a_config_json_is_type_checked_as_overrides_are(data, tmp_path, capsys, 
     assert code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content, message", [
+    (b'{"method": "\xff"}', "not valid JSON ('utf-8' codec can't decode"),
+    (b"[" * 100_000 + b"]" * 100_000, "not valid JSON (nested too deeply)"),
+    (b'{"method": "instalign", "iteration": ' + b"9" * 5000 + b"}", "not valid JSON (Exceeds"),
+    (b'{"method": ["x"]}', "'method' must be a method name, got ['x']"),
+    (b'{"method": {}}', "'method' must be a method name, got {}"),
+    (b'{"method": "zzz"}', "c.json: unknown method 'zzz'"),
+])
+def test_an_unreadable_config_json_is_a_one_line_error(tmp_path, capsys, content, message):
+    (tmp_path / "c.json").write_bytes(content)
+    assert main(["train", str(tmp_path / "c.json"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"refseg train: error: {tmp_path / 'c.json'}: ") and message in err
+    assert err.count("\n") == 1
+
+
 @pytest.mark.parametrize("name", ["adamw", "adam"])
 def test_fused_optimizer_step_equals_the_multi_tensor_step(name):
     """CPU parameters get the fused update; it moves the weights as the foreach one does."""

@@ -147,7 +147,13 @@ def resolve_config(spec: str, overrides: list[str]) -> RunConfig:
             data = data.get("config")  # a checkpoint's config.json wraps the run config
         if not isinstance(data, dict) or "method" not in data:
             raise ConfigError(f"{path}: not a refseg run config (no 'method')")
-        config = config_io.from_dict(data, get_method(data["method"]).config_class, where=str(path))
+        if not isinstance(data["method"], str):
+            raise ConfigError(f"{path}: 'method' must be a method name, got {data['method']!r}")
+        try:
+            method = get_method(data["method"])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        config = config_io.from_dict(data, method.config_class, where=str(path))
     else:
         config = variant(spec)
     return config_io.apply_overrides(config, list(overrides))
