@@ -109,6 +109,9 @@ def test_truncated_config_names_the_file(parts, tmp_path):
     config.write_text(config.read_text()[:50])
     with pytest.raises(CheckpointError, match=r"config\.json: truncated or not JSON"):
         checkpoint.load(path)
+    config.write_text('{"iteration": ' + "9" * 5000 + "}")
+    with pytest.raises(CheckpointError, match=r"config\.json: truncated or not JSON \(Exceeds"):
+        checkpoint.load(path)
 
 
 def test_weights_of_another_shape_are_an_error(parts, tmp_path):

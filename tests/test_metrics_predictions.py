@@ -127,6 +127,8 @@ BAD = [
     ('{"predictions": []}', r"line 1: no 'sent_id' \(a predictions file is a JSON list of "
                             r"records, or JSON Lines with one record per line\)"),
     ("[" * 100000 + "]" * 100000, r"not valid JSON \(nested too deeply\)"),
+    ('[{"sent_id": ' + "9" * 5000 + "}]", r"not valid JSON \(Exceeds the limit \(4300 digits\)"),
+    ('{"sent_id": ' + "9" * 5000 + "}", r"line 1: not valid JSON \(Exceeds the limit"),
 ]
 
 

@@ -279,6 +279,8 @@ def test_instances_records_are_checked_where_they_are_indexed(tmp_path):
         assert "instances.json: annotation 11: bbox must be [x, y, w, h] of finite numbers" in msg
     (tmp_path / "instances.json").write_text("[" * 100000 + "]" * 100000)
     assert "instances.json: not usable JSON (nested too deeply)" in _error("refcoco", tmp_path)
+    (tmp_path / "instances.json").write_text('{"images": [{"id": ' + "9" * 5000 + "}]}")
+    assert "instances.json: not valid JSON (Exceeds the limit" in _error("refcoco", tmp_path)
 
 
 def test_segmentation_errors_name_instances_json(tmp_path):

@@ -54,7 +54,7 @@ def _load_records(data: bytes, path: Path) -> list[tuple[str, Any]]:
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text, object_pairs_hook=_no_repeated_keys)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: an int over the digit limit
             raise PredictionError(f"{path}: not valid JSON ({_why(exc)})") from None
         return [(f"record {i}", r) for i, r in enumerate(records)]
     out = []
@@ -65,7 +65,7 @@ def _load_records(data: bytes, path: Path) -> list[tuple[str, Any]]:
             continue
         try:
             out.append((f"line {number}", json.loads(line, object_pairs_hook=_no_repeated_keys)))
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:
             raise PredictionError(
                 f"{path}: line {number}: not valid JSON ({_why(exc)}); expected a JSON list or "
                 "JSON Lines"

@@ -97,7 +97,7 @@ def read_json(path: Path) -> Any:
             return json.load(fh)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int over the digit limit
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     except RecursionError:
         raise DataError(f"{path}: not usable JSON (nested too deeply)") from None
