@@ -86,6 +86,14 @@ def test_validate_rle_rejects_counts_that_overrun_the_image():
         masks.validate_rle(forged, H, W, where="pred 1")
 
 
+def test_uncompressed_runs_beyond_32_bits_are_refused():
+    # pycocotools keeps a run in 32 bits.
+    h, w = 2**16, 2**16
+    assert masks.validate_rle({"size": [h, w], "counts": [2**32 - 1, 1]}, h, w)["size"] == [h, w]
+    with pytest.raises(DataError, match=r"^ann 3: uncompressed RLE counts .* below 2\^32"):
+        masks.validate_rle({"size": [h, w], "counts": [2**34]}, h, w, where="ann 3")
+
+
 def test_parse_counts_matches_pycocotools_on_random_masks():
     rng = np.random.default_rng(0)
     for _ in range(50):

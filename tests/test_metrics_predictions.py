@@ -127,6 +127,10 @@ BAD = [
     ('{"predictions": []}', r"line 1: no 'sent_id' \(a predictions file is a JSON list of "
                             r"records, or JSON Lines with one record per line\)"),
     ("[" * 100000 + "]" * 100000, r"not valid JSON \(nested too deeply\)"),
+    ([{"sent_id": 4, "mask": {"size": [2**40, 2**40], "counts": "0"}}],
+     r"sent_id 4: mask: malformed RLE counts: they do not decode to 1099511627776 x "),
+    ([{"sent_id": 4, "mask": {"size": [100000, 100000], "counts": [10**10]}}],
+     r"sent_id 4: mask: uncompressed RLE counts must be non-negative integers below 2\^32"),
     ('[{"sent_id": ' + "9" * 5000 + "}]", r"not valid JSON \(Exceeds the limit \(4300 digits\)"),
     ('{"sent_id": ' + "9" * 5000 + "}", r"line 1: not valid JSON \(Exceeds the limit"),
 ]

@@ -26,6 +26,8 @@ from refseg.errors import DataError
 # the string decodes to other runs than it says (its area wrong, ``merge`` looping for
 # minutes). Six characters hold 30 bits: runs up to 2^29 pixels, more than any image.
 MAX_COUNT_CHARS = 6
+# Uncompressed runs go into pycocotools' 32-bit counts: a longer one is an OverflowError.
+MAX_RUN = 2**32
 
 
 def segmentation_to_rle(segmentation: Any, h: int, w: int, *, where: str = "segmentation") -> RLE:
@@ -137,8 +139,11 @@ def validate_rle(rle: Any, h: int, w: int, *, where: str = "RLE") -> RLE:
 
 
 def _check_run_list(counts: Any, where: str) -> list[int]:
-    if not all(isinstance(v, Integral) and not isinstance(v, bool) and v >= 0 for v in counts):
-        raise DataError(f"{where}: uncompressed RLE counts must be non-negative integers")
+    """The runs as ints; pycocotools holds a run in 32 bits."""
+    if not all(isinstance(v, Integral) and not isinstance(v, bool) and 0 <= v < MAX_RUN
+               for v in counts):
+        raise DataError(
+            f"{where}: uncompressed RLE counts must be non-negative integers below 2^32")
     return [int(v) for v in counts]
 
 

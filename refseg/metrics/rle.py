@@ -161,5 +161,13 @@ def _invalid_chunk(counts: Sequence[str | bytes], sizes: Sequence[int]) -> list[
     bad[nonempty[np.minimum.reduceat(runs, first_count[nonempty]) < 0]] = True
     totals = np.zeros(n, dtype=np.int64)
     totals[nonempty] = np.add.reduceat(runs, first_count[nonempty])
-    bad |= totals != np.asarray(sizes, dtype=np.int64)
+    bad |= totals != _int64_sizes(sizes)
     return np.flatnonzero(bad).tolist()
+
+
+def _int64_sizes(sizes: Sequence[int]) -> np.ndarray:
+    """``sizes`` as int64; one too large for it becomes -1, which no string's runs add up
+    to (a string with a negative run is bad already)."""
+    limit = np.iinfo(np.int64).max
+    return np.fromiter((s if s <= limit else -1 for s in sizes), dtype=np.int64,
+                       count=len(sizes))
