@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,6 +34,9 @@ def merge_thresholds(base: Thresholds, override: Thresholds | dict | None,
         return base
     if isinstance(override, Thresholds):
         return override.check()
+    if not isinstance(override, Mapping):
+        raise ConfigError(f"thresholds: expected a dict such as {{'no_target': 0.7}} or a "
+                          f"Thresholds, got {type(override).__name__} {override!r:.40}")
     known = {f.name for f in dataclasses.fields(Thresholds)}
     unknown = set(override) - known
     if unknown:

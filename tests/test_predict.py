@@ -164,6 +164,12 @@ def test_thresholds_are_range_checked_in_every_form(predictor, picture):
     same(numpy_float, predictor.predict(picture, SENTENCE, thresholds={"mask": 0.25}))
 
 
+@pytest.mark.parametrize("bad", [0.7, "mask", [("mask", 0.3)], ["mask"]])
+def test_thresholds_that_are_not_a_dict_are_an_error(predictor, picture, bad):
+    with pytest.raises(ConfigError, match=r"thresholds: expected a dict such as .* got "):
+        predictor.predict(picture, SENTENCE, thresholds=bad)
+
+
 def test_predict_batch_refuses_a_single_image_and_bad_batch_sizes(predictor, picture, tmp_path):
     Image.fromarray(picture).save(tmp_path / "a.png")
     for one in (picture, tmp_path / "a.png", str(tmp_path / "a.png"), Image.fromarray(picture)):
