@@ -214,6 +214,14 @@ def test_check_image_size_mismatch(tmp_path):
     assert "annotations say 8x6" in check_image(tmp_path / "a.png", (8, 6))
 
 
+@pytest.mark.parametrize("size", [(0, 0), (0, 5), (5, 0)])
+def test_an_empty_pil_image_is_an_error(size):
+    with pytest.raises(DataError, match=rf"^blank: empty image \({size[0]}x{size[1]} pixels\)"):
+        load_image(Image.new("RGB", size), where="blank")
+    with pytest.raises(DataError, match="empty image"):
+        load_image(Image.new("I;16", size))
+
+
 def test_unconvertible_mode_names_the_mode():
     with pytest.raises(DataError, match="mode La"):
         load_image(Image.new("La", (2, 2)), where="odd.tif")

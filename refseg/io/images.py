@@ -11,8 +11,8 @@ Rules (the same for every caller, so masks and pictures always line up):
   to 0..255; ``I`` values outside that range are min-max scaled. Float images (``F``) in
   0..1 are scaled by 255, in 0..255 kept as they are, and min-max scaled otherwise.
 - Grey (``L``) and bilevel (``1``) are repeated over three channels.
-- At most `MAX_PIXELS` pixels (256 MP); larger images, corrupt, truncated or unreadable
-  files and non-images raise `DataError` naming the file.
+- At most `MAX_PIXELS` pixels (256 MP); larger images, empty ones (a side of 0 pixels),
+  corrupt, truncated or unreadable files and non-images raise `DataError` naming the file.
 """
 
 from __future__ import annotations
@@ -128,6 +128,8 @@ def _decode(img: Image.Image, where: str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
+            if 0 in img.size:
+                raise DataError(f"{where}: empty image ({img.size[0]}x{img.size[1]} pixels)")
             if _orientation(img) != 1:
                 img = ImageOps.exif_transpose(img)
             return _to_rgb(img, where)
