@@ -291,6 +291,16 @@ def test_eval_reads_data_images_by_default_and_refuses_early_without(trained, tm
     assert f"{tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
 
 
+def test_eval_refuses_one_file_for_metrics_and_predictions(trained, tmp_path, capsys):
+    data, result = trained
+    same = str(tmp_path / "both.json")
+    assert main(eval_args(data, result.checkpoint, "--out", same,
+                          "--save-predictions", same)) == 2
+    err = capsys.readouterr().err
+    assert "--out and --save-predictions name the same file" in err
+    assert "eval val" not in err and not (tmp_path / "both.json").exists()
+
+
 def test_eval_bad_threshold_is_a_one_line_error(trained, capsys):
     data, result = trained
     assert main(eval_args(data, result.checkpoint, "--threshold", "mask=7")) == 2

@@ -112,6 +112,20 @@ def test_an_unwritable_out_is_refused_before_scoring(grefcoco, tmp_path, capsys)
     assert code == 2 and f"cannot be written, {tmp_path / 'file'} is a file" in err
 
 
+def test_an_out_naming_the_predictions_file_is_refused(grefcoco, tmp_path, capsys,
+                                                        monkeypatch):
+    write_predictions(tmp_path / "p.json", [])
+    before = (tmp_path / "p.json").read_bytes()
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    args = ["--format", "grefcoco", "--data", grefcoco[0], "--split", "val",
+            "--predictions", tmp_path / "p.json", "--allow-missing"]
+    for out in (tmp_path / "p.json", "../p.json"):
+        code, text, err = _score(capsys, *args, "--out", out)
+        assert code == 2 and "--out and --predictions name the same file" in err
+        assert text == "" and (tmp_path / "p.json").read_bytes() == before
+
+
 def test_score_does_not_import_torch(grefcoco, tmp_path):
     data, ds = grefcoco
     write_predictions(tmp_path / "p.json", ground_truth_predictions(ds))

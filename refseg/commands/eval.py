@@ -47,7 +47,7 @@ def _check(args: argparse.Namespace) -> None:
 
     from refseg.data.load import default_images
     from refseg.errors import ConfigError
-    from refseg.io.atomic import check_output
+    from refseg.io.atomic import check_distinct, check_output
 
     if not Path(args.data).is_dir():
         raise ConfigError(f"{args.data}: no such folder")
@@ -56,6 +56,8 @@ def _check(args: argparse.Namespace) -> None:
     for output in (args.out, args.save_predictions):
         if output:
             check_output(output)
+    if args.out and args.save_predictions:
+        check_distinct(args.out, "--out", args.save_predictions, "--save-predictions")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,12 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from refseg.data.load import load_split
-    from refseg.io.atomic import check_output, write_json
+    from refseg.io.atomic import check_distinct, check_output, write_json
     from refseg.io.predictions import read_predictions
     from refseg.metrics.scorer import format_table, score_predictions
 
     if args.out:
         check_output(args.out)
+        check_distinct(args.out, "--out", args.predictions, "--predictions")
     dataset = load_split(args.format, args.data, args.split, split_by=args.split_by)
     predictions = read_predictions(args.predictions)
     result = score_predictions(

@@ -41,6 +41,25 @@ def check_output(path: str | Path, *, folder: bool = False) -> Path:
     return path
 
 
+def check_distinct(output: str | Path, output_option: str,
+                   other: str | Path, other_option: str) -> None:
+    """Fail before any work when the file of ``output_option`` is that of ``other_option``
+    (e.g. ``--out`` naming the ``--predictions`` file): writing it would replace the other.
+
+    Raises:
+        DataError: naming both options and the file.
+    """
+    from refseg.errors import DataError
+
+    output, other = Path(output), Path(other)
+    same = output.resolve() == other.resolve()
+    if not same and output.exists() and other.exists():
+        same = os.path.samefile(output, other)  # hard links, case-insensitive file systems
+    if same:
+        raise DataError(f"{output}: {output_option} and {other_option} name the same file; "
+                        f"writing {output_option} would replace it")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
