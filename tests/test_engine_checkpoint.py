@@ -48,6 +48,18 @@ def test_round_trip_restores_weights_config_tokenizer_and_thresholds(parts, tmp_
     assert "refseg_version" in meta
 
 
+def test_a_checkpoint_has_the_modes_of_the_umask(parts, tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = write(tmp_path / "ckpt", parts, train_state={"iteration": 1})
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(path).as_posix(): p.stat().st_mode & 0o777
+             for p in (path, *path.rglob("*"))}
+    assert modes["."] == modes["tokenizer"] == 0o750
+    assert modes["model.safetensors"] == modes["config.json"] == modes["train_state.pt"] == 0o640
+
+
 def test_tied_weights_are_saved(parts, tmp_path):
     config, tokenizer, model = parts
     model.extra = torch.nn.Linear(2, 2)
