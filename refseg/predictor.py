@@ -130,11 +130,8 @@ class Predictor:
         sentences = list(sentences)
         if len(sentences) != len(images):
             raise DataError(f"predict_batch: {len(images)} images but {len(sentences)} sentences")
-        from refseg.modeling.text.tokenizers import check_sentence
-
         chosen = merge_thresholds(self.thresholds, thresholds, self.model.threshold_keys)
-        for k, sentence in enumerate(sentences):
-            check_sentence(sentence, k)  # before any image is read
+        self.tokenizer.encode(sentences)  # every sentence checked before any image is read
         results = []
         for start in range(0, len(images), batch_size):
             chunk = range(start, min(start + batch_size, len(images)))

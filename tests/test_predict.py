@@ -252,6 +252,17 @@ def test_cli_predict_empty_text_is_an_error(ckpt, picture, tmp_path, capsys, mon
     assert code == 2 and "sentence --text: empty or whitespace-only" in capsys.readouterr().err
 
 
+def test_cli_predict_text_without_tokens_names_the_option(ckpt, picture, tmp_path, capsys,
+                                                          monkeypatch):
+    register(monkeypatch)
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    code = main(["predict", str(ckpt), "--image", str(tmp_path), "--text", "\u200b",
+                 "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sentence --text: no tokens left after normalisation" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_predict_single_corrupt_image_is_an_error(ckpt, tmp_path, capsys, monkeypatch):
     register(monkeypatch)
     (tmp_path / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")

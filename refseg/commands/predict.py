@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     # A lone image is read before the checkpoint, so that a bad one fails at once.
     loaded = {} if folder else {images[0]: load_image(images[0], where=str(images[0]))}
     predictor = load(args.checkpoint, device=args.device)
+    predictor.tokenizer.encode([sentence], ["--text"])  # no word of it known: before any output
     thresholds = merge_thresholds(predictor.thresholds, overrides,
                                   predictor.model.threshold_keys)
     out = Path(args.out)
