@@ -319,6 +319,9 @@ def test_argument_errors(tmp_path):
         generate(tmp_path, layout="refclef")
     with pytest.raises(ConfigError, match="--size"):
         generate(tmp_path, size=8)
+    with pytest.raises(ConfigError, match=r"--size 16385: at most 16384 pixels"):
+        generate(tmp_path, size=16385)
+    assert not (tmp_path / "images").exists()  # refused before anything is written
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="--out"):
         generate(tmp_path / "file", images=4)

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=1000, metavar="N",
                         help="total number of images over all splits (default: 1000)")
     parser.add_argument("--size", type=int, default=128, metavar="PX",
-                        help="side of the square images in pixels (default: 128)")
+                        help="side of the square images in pixels, 32 to 16384 (default: 128)")
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="random seed; same arguments give identical files (default: 0)")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,7 @@ from refseg.data.synth.scenes import render_scene
 from refseg.data.types import FORMATS
 from refseg.errors import ConfigError
 from refseg.io.atomic import write_bytes, write_json
+from refseg.io.images import MAX_PIXELS
 
 __all__ = ["generate", "assign_splits", "read_scenes", "scene_refers", "scene_size",
            "REFS_FILES", "SCENES_FILE"]
@@ -51,7 +53,8 @@ def generate(out: str | Path, *, layout: str = "grefcoco", images: int = 1000,
             benchmark's refs file is refused.
         layout: one of `refseg.data.types.FORMATS`.
         images: total number of images over all splits (at least 4).
-        size: side of the square images in pixels (objects scale with it).
+        size: side of the square images in pixels (objects scale with it), 32 to 16384
+            (the largest side refseg reads, `refseg.io.images.MAX_PIXELS`).
         seed: any non-negative integer; the output is a pure function of the arguments.
 
     Raises:
@@ -99,6 +102,9 @@ def _check(layout, images, size, seed):
         raise ConfigError(f"--images {images}: need at least {MIN_IMAGES} (one per split)")
     if size < MIN_SIZE:
         raise ConfigError(f"--size {size}: need at least {MIN_SIZE} pixels")
+    if size * size > MAX_PIXELS:
+        raise ConfigError(f"--size {size}: at most {math.isqrt(MAX_PIXELS)} pixels (refseg "
+                          f"reads images of up to {MAX_PIXELS // 2**20} MP)")
     if seed < 0:
         raise ConfigError(f"--seed {seed}: must be non-negative")
 
