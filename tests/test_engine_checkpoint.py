@@ -220,6 +220,33 @@ def test_a_hand_edited_checkpoint_config_is_a_one_line_error(parts, tmp_path, ed
     assert str(info.value).count("config.json") == 1  # the file is named once
 
 
+def test_model_settings_a_method_refuses_name_the_checkpoint_config(tmp_path):
+    from refseg.config import apply_overrides
+    from refseg.methods.instalign.config import instalign_tiny
+    from refseg.methods.registry import get_method
+
+    config = apply_overrides(instalign_tiny(), [
+        "model.hidden_dim=32", "model.mask_dim=32", "model.text_dim=32", "model.num_queries=4",
+        "model.decoder_layers=1", "model.encoder_ffn_dim=32", "model.decoder_ffn_dim=32"])
+    method = get_method("instalign")
+    tokenizer = method.build_tokenizer(config.model, config.data, ["red square"])
+    path = checkpoint.write_checkpoint(tmp_path / "ckpt", config=config, tokenizer=tokenizer,
+                                       model=method.build_model(config.model, tokenizer))
+    meta = json.loads((path / "config.json").read_text())
+    meta["config"]["model"]["encoder_heads"] = 3
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"config\.json: model\.encoder_heads=3: must "):
+        checkpoint.load(path)
+
+
+def test_a_tokenizer_setting_out_of_range_names_the_tokenizer(parts, tmp_path):
+    path = write(tmp_path / "ckpt", parts)
+    settings = path / "tokenizer" / "refseg_tokenizer.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "max_length": -3}))
+    with pytest.raises(CheckpointError, match=r"tokenizer: cannot load the tokenizer \(.*-3"):
+        checkpoint.load(path)
+
+
 def test_a_config_json_that_is_a_folder_is_a_checkpoint_error(parts, tmp_path):
     path = write(tmp_path / "ckpt", parts)
     (path / "config.json").unlink()

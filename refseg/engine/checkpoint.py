@@ -254,8 +254,9 @@ class Loaded:
 
 
 def read_config(path: str | Path, meta: dict | None = None) -> config_io.RunConfig:
-    """The run config a checkpoint was trained with: of the checkpoint's method, and with
-    the network input side a model can be run at."""
+    """The run config a checkpoint was trained with: of the checkpoint's method, its model
+    settings valid (the method config's ``validate``), and with the network input side a
+    model can be run at."""
     from refseg.methods.registry import get_method
 
     meta = meta or read_meta(path)
@@ -267,6 +268,8 @@ def read_config(path: str | Path, meta: dict | None = None) -> config_io.RunConf
     try:
         method = get_method(meta["method"])
         config = config_io.from_dict(meta["config"], method.config_class, where=str(file))
+        if hasattr(config.model, "validate"):
+            config.model.validate()
         config_io.check_at_least(config.data, "data", ("image_size",), 1)
         return config
     except ConfigError as exc:
@@ -319,7 +322,7 @@ def load_tokenizer(path: str | Path, config: config_io.RunConfig):
         raise CheckpointError(f"{where}: missing tokenizer directory")
     try:
         return get_method(config.method).load_tokenizer(config.model, str(where))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"{where}: cannot load the tokenizer ({exc})") from None
 
 
