@@ -252,6 +252,16 @@ def test_cli_predict_empty_text_is_an_error(ckpt, picture, tmp_path, capsys, mon
     assert code == 2 and "sentence --text: empty or whitespace-only" in capsys.readouterr().err
 
 
+def test_cli_predict_text_of_undecodable_bytes_is_an_error(ckpt, picture, tmp_path, capsys,
+                                                           monkeypatch):
+    register(monkeypatch)
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    text = b"the red \xff square".decode("utf-8", "surrogateescape")  # as sys.argv holds it
+    code = main(["predict", str(ckpt), "--image", str(tmp_path / "a.png"), "--text", text,
+                 "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert code == 2 and "sentence --text: not valid text" in capsys.readouterr().err
+
+
 def test_cli_predict_text_without_tokens_names_the_option(ckpt, picture, tmp_path, capsys,
                                                           monkeypatch):
     register(monkeypatch)

@@ -81,6 +81,15 @@ def test_empty_sentence_is_a_data_error_naming_it():
         WordTokenizer.build(["a", " "], ids=["ref-2", "ref-3"])
 
 
+def test_a_lone_surrogate_is_a_data_error_naming_the_sentence():
+    # What Python makes of undecodable bytes in a command-line argument, or JSON's "\ud800".
+    tok = WordTokenizer.build(SENTENCES)
+    with pytest.raises(DataError, match=r"sentence 9: not valid text \('\\udcff' at character 4"):
+        tok.encode(["the \udcff dog"], ids=[9])
+    with pytest.raises(DataError, match=r"sentence 1: not valid text"):
+        WordTokenizer.build(["a", "b \ud800"])
+
+
 def test_word_tokenizer_save_load_round_trip(tmp_path):
     tok = WordTokenizer.build(SENTENCES, max_length=7)
     tok.save(tmp_path / "tok")

@@ -187,11 +187,19 @@ def _names(sentences: Sequence[str], ids: Sequence | None) -> list:
 
 
 def check_sentence(sentence, name) -> None:
-    """Raise DataError naming ``name`` unless ``sentence`` is a string with a visible character."""
+    """Raise DataError naming ``name`` unless ``sentence`` is Unicode text (no lone
+    surrogate, which no tokenizer takes) with a visible character."""
     if not isinstance(sentence, str):
         raise DataError(f"sentence {name}: expected text, got {type(sentence).__name__}")
     if not sentence.strip():
         raise DataError(f"sentence {name}: empty or whitespace-only")
+    try:
+        sentence.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(
+            f"sentence {name}: not valid text ({sentence[exc.start]!r} at character {exc.start}, "
+            "a lone surrogate: bytes the locale could not decode, or a \\ud800-style JSON "
+            "escape)") from None
 
 
 _KINDS = {cls.kind: cls for cls in (TextTokenizer, WordTokenizer)}
