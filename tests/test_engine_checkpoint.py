@@ -107,6 +107,24 @@ def test_checkpoint_dir_keeps_last_and_best_only(parts, tmp_path):
     assert checkpoint.resolve(tmp_path).name == "best"
 
 
+def test_a_last_link_pointing_at_nothing_whole_is_an_error(parts, tmp_path):
+    """Taken for "no checkpoint yet", it would start the run afresh over its own log."""
+    config, tokenizer, model = parts
+    ckpts = checkpoint.CheckpointDir(tmp_path / "checkpoints")
+    assert ckpts.last() is None  # before the first save
+    ckpts.save(1, model=model, config=config, tokenizer=tokenizer)
+    last = tmp_path / "checkpoints" / "last"
+    last.unlink()
+    last.symlink_to("iter_0000009")  # dangling
+    with pytest.raises(CheckpointError, match=r"last: points at iter_0000009, which holds no "
+                                              r"config\.json"):
+        ckpts.last()
+    last.unlink()
+    last.mkdir()  # a folder without config.json
+    with pytest.raises(CheckpointError, match="holds no config.json"):
+        ckpts.last()
+
+
 def test_truncated_weights_name_the_file(parts, tmp_path):
     path = write(tmp_path / "ckpt", parts)
     weights = path / "model.safetensors"

@@ -104,6 +104,11 @@ def test_epoch_batches_depend_only_on_seed_and_epoch_and_resume_mid_epoch():
     assert list(batches) != full
 
 
+def test_epoch_batches_count_exactly_for_any_batch_size():
+    assert EpochBatches(10, 10**400, seed=0).batches_per_epoch() == 1  # no float rounding
+    assert EpochBatches(2**60 + 1, 2**59, seed=0).batches_per_epoch() == 3
+
+
 def test_epoch_batches_shard_disjointly_with_wraparound_padding():
     shards = []
     for rank in range(3):

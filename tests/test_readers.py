@@ -417,3 +417,15 @@ def test_bytearray_longer_than_the_file_is_refused_before_it_is_allocated(tmp_pa
     # Protocol 5 stores numpy's array bytes as such a bytearray: within the file, it loads.
     path.write_bytes(pickle.dumps({"w": np.arange(6, dtype=np.int32)}, protocol=5))
     np.testing.assert_array_equal(load_pickle(path, allow_numpy=True)["w"], np.arange(6))
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../outside.jpg", "sub/../../x.jpg",
+                                  "C:\\images\\x.jpg", "..\\x.jpg", "", None])
+def test_an_image_file_name_outside_the_image_folder_is_refused(name, tmp_path):
+    images = [dict(IMAGES[0], file_name=name), *IMAGES[1:]]
+    write_instances(tmp_path, images, annotations())
+    write_refs(tmp_path / "refs(unc).p", [ref_record(1, 1, 11, "val", [sentence(1, "a")])])
+    assert "image 1: file_name" in _error("refcoco", tmp_path)
+    images[0]["file_name"] = "train2014/x.jpg"  # a subfolder stays inside
+    write_instances(tmp_path, images, annotations())
+    assert load_split("refcoco", tmp_path, "val").samples[0].image_id == 1

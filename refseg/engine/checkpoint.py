@@ -172,8 +172,18 @@ class CheckpointDir:
         return path
 
     def last(self) -> Path | None:
+        """``checkpoints/last``, or None before the first save. A ``last`` that points at
+        nothing whole is an error: starting afresh would overwrite the run's log."""
         link = self.root / "last"
-        return link if (link / CONFIG).exists() else None
+        if (link / CONFIG).exists():
+            return link
+        if link.is_symlink() or link.exists():
+            target = os.readlink(link) if link.is_symlink() else link
+            raise CheckpointError(
+                f"{link}: points at {target}, which holds no {CONFIG}; move the run's "
+                "checkpoints/last aside (or point it at an intact iter_* folder) to go on"
+            )
+        return None
 
     def _prune(self) -> None:
         """Remove every checkpoint but ``last`` and ``best``, and what a killed save left

@@ -7,7 +7,6 @@ Legend: N instances, H x W original size, S network input side, L tokens.
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -213,13 +212,14 @@ class EpochBatches(torch.utils.data.Sampler):
     def _shard(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.num_samples, generator=g).tolist()
-        total = math.ceil(self.num_samples / self.world_size) * self.world_size
+        total = -(-self.num_samples // self.world_size) * self.world_size
         while len(order) < total:
             order += order[: total - len(order)]
         return order[self.rank :: self.world_size]
 
     def batches_per_epoch(self) -> int:
-        return math.ceil(math.ceil(self.num_samples / self.world_size) / self.batch_size)
+        per_rank = -(-self.num_samples // self.world_size)  # integer ceilings: exact
+        return -(-per_rank // self.batch_size)                 # for any batch size
 
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.start

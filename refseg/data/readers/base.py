@@ -277,7 +277,11 @@ class _SplitBuilder:
         if not (_is_whole(h) and _is_whole(w) and h > 0 and w > 0):
             raise DataError(f"{self.instances_path}: image {image_id}: height and width must be "
                             f"positive integers, got {h!r} x {w!r}")
-        return ImageInfo(int(image_id), str(rec["file_name"]), int(h), int(w))
+        name = rec["file_name"]
+        if not isinstance(name, str) or not name or _escapes(name):
+            raise DataError(f"{self.instances_path}: image {image_id}: file_name {name!r} must "
+                            "be a path inside the image folder")
+        return ImageInfo(int(image_id), name, int(h), int(w))
 
     def _record(self, kind: str, record_id, fields: tuple[str, ...], where: str) -> dict:
         """The raw image or annotation record of instances.json, its fields checked."""
@@ -367,6 +371,15 @@ def ann_id_list(ref: dict, where: str) -> list[int]:
         if not is_int(a):
             raise DataError(f"{where}: ann_id {value!r} holds a non-integer")
     return [int(a) for a in ids]
+
+
+def _escapes(name: str) -> bool:
+    """Whether an image's file_name leaves the image folder: absolute, or through '..'
+    (COCO's are bare names; a subfolder such as ``train2014/x.jpg`` stays inside)."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    parts = PurePosixPath(name.replace("\\", "/"))
+    return parts.is_absolute() or PureWindowsPath(name).drive != "" or ".." in parts.parts
 
 
 def _is_whole(value: Any) -> bool:
