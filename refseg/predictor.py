@@ -124,10 +124,12 @@ class Predictor:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"predict_batch: batch_size must be a positive integer, "
                               f"got {batch_size!r}")
-        images = list(images)
-        if isinstance(sentences, str):
-            sentences = [sentences] * len(images)
-        sentences = list(sentences)
+        try:
+            images = list(images)
+            sentences = [sentences] * len(images) if isinstance(sentences, str) else list(sentences)
+        except TypeError:  # None, a number: not a sequence
+            raise DataError(f"predict_batch: images and sentences must be lists, got "
+                            f"{type(images).__name__} and {type(sentences).__name__}") from None
         if len(sentences) != len(images):
             raise DataError(f"predict_batch: {len(images)} images but {len(sentences)} sentences")
         chosen = merge_thresholds(self.thresholds, thresholds, self.model.threshold_keys)

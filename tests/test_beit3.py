@@ -369,6 +369,15 @@ def test_tokenizer_save_load_and_bad_files(spm_path, tmp_path):
         Beit3Tokenizer(tmp_path / "junk.spm")
     with pytest.raises(CheckpointError, match="settings not found"):
         Beit3Tokenizer.load(tmp_path)
+    settings = next(p for p in (tmp_path / "tok").iterdir() if p.suffix == ".json")
+    for text, message in [(b"\xff", "malformed tokenizer settings"),
+                          (b"[1]", "malformed tokenizer settings"),
+                          (b'{"kind": "beit3"}', "malformed tokenizer settings .*max_length"),
+                          (b'{"kind": "beit3", "max_length": 7.9, "clean": true}',
+                           "max_length=7.9: expected a positive integer")]:
+        settings.write_bytes(text)
+        with pytest.raises(CheckpointError, match=message):
+            Beit3Tokenizer.load(tmp_path / "tok")
 
 
 def test_tokenizer_feeds_the_encoder(spm_path):

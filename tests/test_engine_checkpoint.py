@@ -217,6 +217,7 @@ def _drop_channels(meta):
     (lambda m: m["thresholds"].update(no_target="0.7"),
      r"thresholds\.no_target='0\.7': expected a number in \[0, 1\]"),
     (lambda m: m["thresholds"].update(mask=None), r"thresholds\.mask=None: expected a number"),
+    (lambda m: m["thresholds"].pop("instance"), r"config\.json: thresholds: missing instance"),
     (lambda m: m["thresholds"].update(instance=float("nan")), r"thresholds\.instance=nan"),
     (_drop_channels, r"config\.json: model: missing config keys \['channels'\]"),
     (lambda m: m["config"].update(extra=1), r"config\.json: unknown config keys \['extra'\]"),

@@ -151,6 +151,10 @@ def test_predict_batch_equals_single_predictions(predictor, picture):
     same(two[1], predictor.predict(other, "square"))
     with pytest.raises(DataError, match="2 images but 1 sentences"):
         predictor.predict_batch([picture, other], [SENTENCE])
+    with pytest.raises(DataError, match="must be lists, got list and NoneType"):
+        predictor.predict_batch([picture], None)
+    with pytest.raises(DataError, match="must be lists, got NoneType"):
+        predictor.predict_batch(None, SENTENCE)
     with pytest.raises(DataError, match="sentence 1: empty or whitespace-only"):
         predictor.predict_batch([picture, other], [SENTENCE, " "])
 

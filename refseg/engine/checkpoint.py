@@ -22,7 +22,7 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -348,7 +348,11 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
     load_weights(model, path, config.method)
     model.to(device).eval()
     try:
-        thresholds = Thresholds(**meta["thresholds"]).check(f"{path / CONFIG}: thresholds")
+        saved = meta["thresholds"]
+        missing = [f.name for f in fields(Thresholds) if f.name not in saved]
+        if missing:  # a default in their place would decide differently from the run
+            raise CheckpointError(f"{path / CONFIG}: thresholds: missing {', '.join(missing)}")
+        thresholds = Thresholds(**saved).check(f"{path / CONFIG}: thresholds")
     except TypeError as exc:
         raise CheckpointError(f"{path / CONFIG}: thresholds: {exc}") from None
     except ConfigError as exc:

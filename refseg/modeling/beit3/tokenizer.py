@@ -104,18 +104,18 @@ class Beit3Tokenizer:
         """Rebuild a tokenizer written by `save`."""
         config = Path(directory) / CONFIG_NAME
         try:
-            settings = json.loads(config.read_text())
+            settings = json.loads(config.read_text(encoding="utf-8"))
+            kind, max_length, clean = settings["kind"], settings["max_length"], settings["clean"]
         except FileNotFoundError:
             raise CheckpointError(f"{config}: tokenizer settings not found") from None
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{config}: not valid JSON ({exc})") from None
-        if settings.get("kind") != cls.kind:
-            raise CheckpointError(f"{config}: tokenizer kind {settings.get('kind')!r}, not 'beit3'")
-        return cls(
-            Path(directory) / SPM_NAME,
-            max_length=int(settings["max_length"]),
-            clean=bool(settings["clean"]),
-        )
+        except (ValueError, KeyError, TypeError) as exc:  # not JSON, not UTF-8, a key missing
+            raise CheckpointError(f"{config}: malformed tokenizer settings ({exc!r})") from None
+        if kind != cls.kind:
+            raise CheckpointError(f"{config}: tokenizer kind {kind!r}, not 'beit3'")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise CheckpointError(f"{config}: max_length={max_length!r}: expected a positive "
+                                  "integer")
+        return cls(Path(directory) / SPM_NAME, max_length=max_length, clean=bool(clean))
 
 
 class Beit3BatchTokenizer:
