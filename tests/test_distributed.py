@@ -59,7 +59,8 @@ def torchrun(script: str, *args: str, nproc: int = 2) -> subprocess.CompletedPro
 @pytest.mark.slow
 @pytest.mark.parametrize("name,override", [("instalign", ""),
                                            ("instalign", "model.instance_supervision=mask2former"),
-                                           ("deris", "")])
+                                           ("deris", ""),
+                                           ("deris", "model.freeze_backbone=true")])
 def test_wrapped_gradients_are_the_mean_over_ranks(name, override):
     done = torchrun("ddp_gradients.py", name, *[o for o in [override] if o])
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr[-3000:]
