@@ -212,6 +212,7 @@ def _drop_channels(meta):
 
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda m: m.update(iteration="six"), "'iteration' must be a int, got 'six'"),
+    (lambda m: m.update(iteration=-3), "'iteration' must be >= 0, got -3"),
     (lambda m: m.update(method=["x"]), r"'method' must be a str, got \['x'\]"),
     (lambda m: m.update(config=[1]), r"'config' must be a dict, got \[1\]"),
     (lambda m: m["thresholds"].update(no_target="0.7"),

@@ -256,7 +256,7 @@ def test_an_empty_sentence_in_a_split_is_an_error_and_long_ones_are_counted(trai
     ("option", "message"),
     [
         (["--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
-        (["--eval-size", "0"], "argument --eval-size: expected a positive integer, got 0"),
+        (["--eval-size", "0"], "argument --eval-size: expected a side of 1 to 8192 pixels, got 0"),
         (["--grec-score-thr", "1.5"],
          "argument --grec-score-thr: expected a number in [0, 1], got 1.5"),
         (["--workers", "-1"], "argument --workers: expected an integer >= 0, got -1"),

@@ -94,9 +94,11 @@ def test_bad_data_and_options(tmp_path, capsys):
     code, _, err = _score(capsys, "--format", "grefcoco", "--data", tmp_path / "none",
                           "--split", "val", "--predictions", tmp_path / "p.json")
     assert code == 2 and "no such folder" in err
-    with pytest.raises(SystemExit):
-        main(["score", "--format", "grefcoco", "--data", str(tmp_path), "--split", "val",
-              "--predictions", "p.json", "--eval-size", "0"])
+    for size in ("0", "48000"):  # a side of 48000 would resize each mask to 2.3 G pixels
+        with pytest.raises(SystemExit):
+            main(["score", "--format", "grefcoco", "--data", str(tmp_path), "--split", "val",
+                  "--predictions", "p.json", "--eval-size", size])
+        assert "--eval-size: expected a side of 1 to 8192 pixels" in capsys.readouterr().err
 
 
 def test_an_unwritable_out_is_refused_before_scoring(grefcoco, tmp_path, capsys):

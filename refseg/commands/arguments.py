@@ -29,3 +29,5 @@ positive_int = _checked(int, lambda v: v >= 1, "a positive integer", "positive_i
 non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0", "non_negative_int")
 positive_float = _checked(float, lambda v: v > 0, "a positive number", "positive_float")
 unit_float = _checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]", "unit_float")
+# A scoring side: masks are resized to S x S each, so a typo of 48000 would ask for GBs.
+eval_size = _checked(int, lambda v: 1 <= v <= 8192, "a side of 1 to 8192 pixels", "eval_size")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from refseg.commands.arguments import non_negative_int, positive_int, unit_float
+from refseg.commands.arguments import eval_size, non_negative_int, positive_int, unit_float
 from refseg.data.types import FORMATS
 
 CHECKPOINT_HELP = "checkpoint directory, or a run directory (its best, else last checkpoint)"
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the predictions file (.json list or .jsonl)")
     parser.add_argument("--out", metavar="FILE", help="also write the metrics as JSON here")
     parser.add_argument("--threshold", action="append", metavar="KEY=VALUE", help=THRESHOLD_HELP)
-    parser.add_argument("--eval-size", type=positive_int, metavar="S",
+    parser.add_argument("--eval-size", type=eval_size, metavar="S",
                         help="score at S x S (nearest) as a network-resolution protocol does "
                              "(default: the original image size)")
     parser.add_argument("--grec-score-thr", type=unit_float, default=0.7, metavar="T",

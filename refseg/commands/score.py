@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from refseg.commands.arguments import positive_int, unit_float
+from refseg.commands.arguments import eval_size, unit_float
 from refseg.data.types import FORMATS
 
 
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", required=True, metavar="FILE",
                         help="JSON list or JSON Lines of predictions (see docs/metrics.md)")
     parser.add_argument("--out", metavar="FILE", help="also write the metrics as JSON here")
-    parser.add_argument("--eval-size", type=positive_int, metavar="S",
+    parser.add_argument("--eval-size", type=eval_size, metavar="S",
                         help="resize prediction and ground truth to S x S (nearest) before "
                              "scoring, to reproduce a network-resolution protocol (default: "
                              "score at the original image size)")

@@ -239,6 +239,8 @@ def read_meta(path: str | Path) -> dict:
         if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
             raise CheckpointError(f"{file}: {key!r} must be a {kind.__name__}, "
                                   f"got {meta[key]!r:.60}")
+    if meta.get("iteration", 0) < 0:
+        raise CheckpointError(f"{file}: 'iteration' must be >= 0, got {meta['iteration']}")
     return meta
 
 
