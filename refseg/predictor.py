@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

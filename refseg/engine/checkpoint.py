@@ -32,6 +32,7 @@ import torch
 import refseg
 from refseg import config as config_io
 from refseg.errors import CheckpointError, ConfigError
+from refseg.io.atomic import usual_modes
 from refseg.modeling.base import Thresholds
 
 FORMAT = "refseg-checkpoint-1"
@@ -47,18 +48,6 @@ def _fsync_tree(root: Path) -> None:
         if path.is_file():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
-
-
-def _usual_modes(root: Path) -> None:
-    """Give ``root`` and everything in it the modes the umask gives new files and folders
-    (mkdtemp makes the folder 0700, safetensors its file 0600: a checkpoint would be
-    unreadable to the group and others that can read the rest of the run)."""
-    from refseg.io.atomic import _umask
-
-    mask = _umask()
-    for path in (root, *root.rglob("*")):
-        if not path.is_symlink():
-            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _unshared_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -120,7 +109,7 @@ def write_checkpoint(
         tokenizer.save(str(tmp / TOKENIZER))
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE)
-        _usual_modes(tmp)
+        usual_modes(tmp)
         _fsync_tree(tmp)
         _replace_dir(tmp, path)
     except BaseException:

@@ -15,6 +15,16 @@ def _umask() -> int:
     return mask
 
 
+def usual_modes(root: Path) -> None:
+    """Give ``root`` and everything in it the modes the umask gives new files and folders
+    (mkdtemp makes a folder 0700, mkstemp and safetensors a file 0600: a checkpoint would
+    be unreadable to those who can read the rest of its run). Links are left alone."""
+    mask = _umask()
+    for path in (root, *root.rglob("*")):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def check_output(path: str | Path, *, folder: bool = False) -> Path:
     """Fail before any work, naming ``path``, when an output cannot go there: a folder given
     for a file, a file given for a folder, a file where a parent folder should be, or a
