@@ -3,6 +3,8 @@ matching, F1 == 1, no-target, empty predictions; by hand."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -108,10 +110,23 @@ def test_box_iou_and_generalized_iou_by_hand():
     assert generalized_box_iou(a, b) == [[pytest.approx(1 / 7 - 2 / 9), pytest.approx(-1 / 6), 1.0]]
     assert box_iou(np.zeros((0, 4)), b) == []
     assert generalized_box_iou(a, np.zeros((0, 4))) == [[]]
-    # degenerate boxes: no area, no enclosing area: 0, not NaN
-    assert generalized_box_iou([[1, 1, 1, 1]], [[1, 1, 1, 1]]) == [[0.0]]
+    # boxes without area have no union: NaN, as torch computes 0 / 0 in the official code
+    assert math.isnan(generalized_box_iou([[1, 1, 1, 1]], [[5, 2, 5, 2]])[0][0])
+    # one box with area: GIoU as usual (IoU 0, enclosing 4 x 3 = 12, union 4)
+    assert generalized_box_iou([[0, 0, 2, 2]], [[4, 3, 4, 3]]) == [[pytest.approx(-8 / 12)]]
     with pytest.raises(ValueError, match="a box has 4 numbers"):
         box_iou([[0, 0, 1]], a)
+
+
+def test_two_boxes_without_area_match_as_in_the_official_loop():
+    """gRefCOCO's summarize: topk ranks a NaN GIoU first and NaN < 0.5 is false, so a
+    zero-area prediction matches a zero-area ground truth wherever they lie."""
+    point, line = [3, 3, 3, 3], [0, 5, 8, 5]
+    assert match_boxes([point], [0.9], [line], score_thr=0.7, iou_thr=0.5) == (1, 1)
+    # ranked above a real overlap: the NaN pair is taken first, the box pair after it
+    assert greedy_matches([[0.9, math.nan], [0.8, 0.1]], 0.5) == 2
+    assert greedy_matches([[math.nan, 0.9]], 0.5) == 1
+    assert match_boxes([point], [0.9], [[0, 0, 4, 4]], score_thr=0.7, iou_thr=0.5) == (1, 0)
 
 
 def test_mismatched_scores_are_an_error():

@@ -7,6 +7,8 @@ costs five times the arithmetic (`refseg score` scores 10k sentences in seconds)
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable, Sequence
 
 Box = tuple[float, float, float, float]
@@ -51,8 +53,9 @@ def box_iou(a: Sequence, b: Sequence) -> list[list[float]]:
 def generalized_box_iou(a: Sequence, b: Sequence) -> list[list[float]]:
     """Generalized IoU (Rezatofighi et al. 2019) of every pair: N x M, values in [-1, 1].
 
-    GIoU = IoU - (|C| - |A u B|) / |C| with C the smallest box enclosing both; where C has
-    no area (degenerate boxes) GIoU = IoU.
+    GIoU = IoU - (|C| - |A u B|) / |C| with C the smallest box enclosing both. Two boxes
+    without area have no union: NaN, as the official evaluators' torch code computes it
+    (0 / 0), and as `greedy_matches` reads it (a match).
     """
     boxes_b = as_boxes(b)
     rows = []
@@ -63,7 +66,9 @@ def generalized_box_iou(a: Sequence, b: Sequence) -> list[list[float]]:
             enclosing = (max(box_a[2], box_b[2]) - min(box_a[0], box_b[0])) * (
                 max(box_a[3], box_b[3]) - min(box_a[1], box_b[1])
             )
-            iou = inter / union if union > 0 else 0.0
-            row.append(iou - (enclosing - union) / enclosing if enclosing > 0 else iou)
+            if union <= 0:
+                row.append(math.nan)
+                continue
+            row.append(inter / union - (enclosing - union) / enclosing)
         rows.append(row)
     return rows

@@ -7,6 +7,7 @@ by generalized IoU, and count a sentence correct iff its F1 is 1.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,9 +20,11 @@ def greedy_matches(giou: Sequence[Sequence[float]], iou_thr: float) -> int:
 
     Up to min(K, G) times: take the global maximum of the K x G GIoU matrix; stop when it
     is below ``iou_thr``; otherwise count a match and retire its row and column.
-    Ties go to the first maximum in row-major order (rows sorted by descending score).
+    Ties go to the first maximum in row-major order (rows sorted by descending score). A
+    NaN (two boxes without area) ranks above every number and is not below the threshold,
+    as in the official ``torch.topk`` loop: a match.
     """
-    rows = [list(r) for r in giou]
+    rows = [[math.inf if math.isnan(v) else v for v in r] for r in giou]
     free_rows = list(range(len(rows)))
     free_cols = list(range(len(rows[0]) if rows else 0))
     matches = 0
