@@ -8,7 +8,6 @@ costs five times the arithmetic (`refseg score` scores 10k sentences in seconds)
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterable, Sequence
 
 Box = tuple[float, float, float, float]
