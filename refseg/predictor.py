@@ -23,6 +23,7 @@ from PIL import Image
 from refseg.data.types import RefResult
 from refseg.errors import ConfigError, DataError
 from refseg.modeling.base import Thresholds
+from refseg.modeling.text.tokenizers import Tokenized
 
 
 def merge_thresholds(base: Thresholds, override: Thresholds | dict | None,
@@ -133,12 +134,13 @@ class Predictor:
         if len(sentences) != len(images):
             raise DataError(f"predict_batch: {len(images)} images but {len(sentences)} sentences")
         chosen = merge_thresholds(self.thresholds, thresholds, self.model.threshold_keys)
-        self.tokenizer.encode(sentences)  # every sentence checked before any image is read
+        tokens = self.tokenizer.encode(sentences)  # every sentence checked before any image
         results = []
         for start in range(0, len(images), batch_size):
-            chunk = range(start, min(start + batch_size, len(images)))
-            pixels = [self.load_pixels(images[k], k) for k in chunk]
-            results += self.predict_pixels(pixels, [sentences[k] for k in chunk], chosen)
+            part = slice(start, min(start + batch_size, len(images)))
+            pixels = [self.load_pixels(images[k], k) for k in range(len(images))[part]]
+            chunk = Tokenized(tokens.input_ids[part], tokens.pad_mask[part], tokens.truncated[part])
+            results += self.predict_pixels(pixels, sentences[part], chosen, tokens=chunk)
         return results
 
     def load_pixels(self, image: Any, index: int = 0) -> np.ndarray:
@@ -148,14 +150,17 @@ class Predictor:
         return load_image(image, where=_describe(image, index))
 
     def predict_pixels(
-        self, pixels: list[np.ndarray], sentences: list[str], thresholds: Thresholds
+        self, pixels: list[np.ndarray], sentences: list[str], thresholds: Thresholds, *,
+        tokens: Tokenized | None = None,
     ) -> list[RefResult]:
-        """The model on already loaded (H, W, 3) uint8 images."""
+        """The model on already loaded (H, W, 3) uint8 images; ``tokens``: the sentences
+        already encoded, if the caller has them."""
         from refseg.engine.data import preprocess_image, warn_truncated
         from refseg.engine.evaluate import run_model
         from refseg.modeling.contracts import Batch
 
-        tokens = self.tokenizer.encode(list(sentences))
+        if tokens is None:
+            tokens = self.tokenizer.encode(list(sentences))
         warn_truncated(sentences, tokens.truncated.tolist(), self.tokenizer.max_length)
         batch = Batch(
             images=torch.stack([preprocess_image(p, self.image_size) for p in pixels]),
