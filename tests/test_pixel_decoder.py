@@ -91,6 +91,23 @@ def test_shapes_order_and_every_parameter_gets_a_gradient():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def test_runs_in_full_precision_under_autocast():
+    """As Mask2Former's forward_features: half-precision inputs from an autocast backbone are
+    decoded in float32, with the same result as float32 inputs without autocast."""
+    torch.manual_seed(0)
+    decoder = tiny().eval()
+    inputs = features()
+    with torch.no_grad():
+        expected = decoder(inputs)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            got = decoder([x.bfloat16() for x in inputs])
+    assert got.mask_features.dtype == torch.float32
+    assert all(x.dtype == torch.float32 for x in got.multi_scale)
+    rounded = decoder([x.bfloat16().float() for x in inputs])  # the inputs' rounding only
+    torch.testing.assert_close(got.mask_features, rounded.mask_features.detach())
+    assert (got.mask_features - expected.mask_features).abs().max() < 0.1
+
+
 def test_key_map_names_every_mask2former_key():
     decoder = tiny(num_encoder_layers=1)
     mapping = pixel_decoder_key_map(decoder)

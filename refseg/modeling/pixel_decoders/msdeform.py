@@ -231,6 +231,14 @@ class MSDeformAttnPixelDecoder(nn.Module):
         got = tuple(f.shape[1] for f in features)
         if got != self.in_channels:
             raise ValueError(f"pixel decoder: input channels {got}, built for {self.in_channels}")
+        # The weights' precision under autocast, as Mask2Former's forward_features: deformable
+        # sampling and GroupNorm statistics in bf16/fp16 lose small offsets and variances.
+        dtype = self.mask_features.weight.dtype
+        with torch.autocast(device_type=features[0].device.type, enabled=False):
+            return self._decode([f.to(dtype) for f in features])
+
+    def _decode(self, features: list[torch.Tensor]) -> PixelDecoderOutput:
+        """`forward` in the weights' dtype: the encoder over the coarse maps, then the FPN."""
         encoded_inputs = list(features[-self.num_transformer_levels:])[::-1]  # coarsest first
         srcs = [proj(x) for proj, x in zip(self.input_proj, encoded_inputs)]
         pos = [self.pe_layer(x) for x in srcs]
