@@ -251,6 +251,11 @@ def test_hf_layout_missing_value_and_config_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "use_absolute_embeddings": True}))
     with pytest.raises(CheckpointError, match="use_absolute_embeddings=True is not supported"):
         swin_config_from_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "layer_norm_eps": 1e-6}))
+    with pytest.raises(CheckpointError, match="layer_norm_eps=1e-06 is not supported"):
+        load_swin(swin_nano(), tmp_path, layout="hf")
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "layer_norm_eps": 1e-5}))
+    assert swin_config_from_hf(tmp_path).embed_dim == 32
     (tmp_path / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json: file not found"):
         load_swin(swin_nano(), tmp_path, layout="hf")

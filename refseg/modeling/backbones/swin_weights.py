@@ -146,7 +146,8 @@ def swin_config_from_hf(directory: str | Path, **overrides) -> SwinConfig:
 
     Raises:
         CheckpointError: no readable config, not a Swin, or options refseg's Swin lacks
-            (absolute position embeddings, no qkv bias, another activation).
+            (absolute position embeddings, no qkv bias, another activation, a block
+            layer-norm epsilon other than 1e-5).
     """
     path = Path(directory) / "config.json"
     try:
@@ -157,8 +158,10 @@ def swin_config_from_hf(directory: str | Path, **overrides) -> SwinConfig:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
     if cfg.get("model_type") != "swin":
         raise CheckpointError(f"{path}: model_type is {cfg.get('model_type')!r}, not 'swin'")
+    # transformers' blocks take their layer-norm epsilon from the config; refseg's are
+    # fixed at PyTorch's 1e-5, the value of every released Swin.
     unsupported = {"use_absolute_embeddings": False, "qkv_bias": True, "hidden_act": "gelu",
-                   "num_channels": 3}
+                   "num_channels": 3, "layer_norm_eps": 1e-5}
     for name, wanted in unsupported.items():
         if cfg.get(name, wanted) != wanted:
             raise CheckpointError(f"{path}: {name}={cfg[name]!r} is not supported (needs {wanted!r})")
