@@ -271,6 +271,20 @@ def test_cli_train_rejects_unknown_override(data, tmp_path, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
+def test_cli_train_prints_the_resolved_config_and_trains_nothing(tmp_path, capsys):
+    from refseg.config import to_dict
+    from refseg.methods.registry import variant
+
+    out = tmp_path / "r"
+    code = main(["train", "instalign-tiny", "train.lr=5e-4", "model.num_queries=7",
+                 "--out", str(out), "--print-config"])
+    printed = json.loads(capsys.readouterr().out)
+    expected = json.loads(json.dumps(to_dict(variant("instalign-tiny"))))
+    expected["train"]["lr"], expected["model"]["num_queries"] = 5e-4, 7
+    assert code == 0 and printed == expected and not out.exists()
+    assert main(["train", "instalign-tiny", "train.bogus=1", "--print-config"]) == 2
+
+
 def test_overrides_may_follow_the_options():
     from refseg.cli import parse
 

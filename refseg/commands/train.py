@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue the run in --out from its last checkpoint (starts fresh when there is none)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--print-config", action="store_true",
+        help="print the resolved config (overrides applied) as JSON and exit without training",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +34,13 @@ def run(args: argparse.Namespace) -> int:
     from refseg.io.atomic import check_output
 
     config = resolve_config(args.config, args.overrides)
+    if args.print_config:
+        import json
+
+        from refseg.config import to_dict
+
+        print(json.dumps(to_dict(config), indent=2))
+        return 0
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     check_output(out, folder=True)  # before minutes of loading data and building the model
     result = train(config, out, resume=args.resume, progress=not args.no_progress)
