@@ -285,6 +285,18 @@ def test_cli_train_prints_the_resolved_config_and_trains_nothing(tmp_path, capsy
     assert main(["train", "instalign-tiny", "train.bogus=1", "--print-config"]) == 2
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.encoder_heads=3", "model.encoder_heads=3: must divide model.hidden_dim=64"),
+    ("model.thresholds.mask=2", r"model.thresholds.mask=2.0: expected a number in [0, 1]"),
+])
+def test_cli_print_config_refuses_a_config_the_method_cannot_train(capsys, override, message):
+    # --print-config is how a user checks a config before a run: it must not print one
+    # that training would refuse.
+    assert main(["train", "instalign-tiny", override, "--print-config"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err
+
+
 def test_overrides_may_follow_the_options():
     from refseg.cli import parse
 

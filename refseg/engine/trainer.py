@@ -156,7 +156,12 @@ def resolve_config(spec: str, overrides: list[str]) -> RunConfig:
         config = config_io.from_dict(data, method.config_class, where=str(path))
     else:
         config = variant(spec)
-    return config_io.apply_overrides(config, list(overrides))
+    config = config_io.apply_overrides(config, list(overrides))
+    validate = getattr(config.model, "validate", None)
+    if validate is not None:  # before minutes of loading data, and for --print-config
+        validate()
+    checkpoint.thresholds_of(config.model).check("model.thresholds")
+    return config
 
 
 def check_resumable(config: RunConfig, saved: RunConfig, where: Path) -> None:
