@@ -420,7 +420,14 @@ def test_lr_schedules_hand_computed():
         ("train.epochs=0", "train.epochs=0: must be >= 1"),
         ("train.lr=0", "train.lr=0.0: must be > 0"),
         ("data.root=", "data.root is not set"),
-        ("data.val_split=dev", "no split 'dev' (has train, val, testA, testB)"),
+        ("data.root=/nonexistent-refseg-root",
+         "data.root=/nonexistent-refseg-root: no such folder"),
+        ("data.val_split=dev", "data.val_split=dev: "),
+        ("data.val_split=dev", "no split 'dev' (has train, val, testA, testB; "
+                               "data.val_split= trains without validation)"),
+        ("data.train_split=training", "data.train_split=training: "),
+        ("train.batch_size=0", "train.batch_size=0: must be >= 1"),
+        ("data.max_text_length=2", "data.max_text_length=2: must be >= 3"),
     ],
 )
 def test_bad_run_configs_are_one_line_errors(data, tmp_path, override, message):

@@ -238,11 +238,16 @@ class Trainer:
             raise ConfigError(
                 "data.root is not set (the benchmark folder, e.g. data.root=data/synth)"
             )
+        if not Path(data.root).is_dir():
+            raise ConfigError(f"data.root={data.root}: no such folder (the folder with the refs "
+                              "file and instances.json)")
         if not data.images:  # the synthetic benchmark's layout; recorded in config.json
             from refseg.data.load import default_images
 
             data.images = str(default_images(data.root, "data.images=IMAGE_FOLDER"))
-        config_io.check_at_least(data, "data", ("image_size", "max_text_length"), 1)
+        config_io.check_at_least(data, "data", ("image_size",), 1)
+        # A sentence start and end token and at least one word, whatever the tokenizer.
+        config_io.check_at_least(data, "data", ("max_text_length",), 3)
         config_io.check_at_least(data, "data", ("num_workers",), 0)
         if not 0.0 <= data.nsc_prob <= 1.0:
             raise ConfigError(f"data.nsc_prob={data.nsc_prob}: must be in [0, 1]")
@@ -253,10 +258,11 @@ class Trainer:
             warnings.warn(
                 f"train.amp={cfg.amp} is for GPUs; training in float32 on {self.ctx.device}"
             )
+        config_io.check_at_least(cfg, "train", ("batch_size",), 1)
         if cfg.batch_size < self.ctx.world_size or cfg.batch_size % self.ctx.world_size:
             raise ConfigError(
                 f"train.batch_size={cfg.batch_size}: must be a multiple of the "
-                f"{self.ctx.world_size} processes"
+                f"{self.ctx.world_size} processes (the global batch is shared among them)"
             )
         config_io.check_at_least(cfg, "train", ("checkpoint_every", "log_every", "epochs"), 1)
         config_io.check_at_least(cfg, "train", ("max_iters", "warmup_iters", "eval_every",
@@ -308,10 +314,14 @@ class Trainer:
         splits = load_splits(
             data.format, data.root, split_by=data.split_by or None, images=data.images or None
         )
-        wanted = [data.train_split] + ([data.val_split] if data.val_split else [])
-        for name in wanted:
+        wanted = [("train_split", data.train_split)]
+        if data.val_split:
+            wanted.append(("val_split", data.val_split))
+        for key, name in wanted:
             if name not in splits:
-                raise DataError(f"{data.root}: no split {name!r} (has {', '.join(splits)})")
+                hint = "; data.val_split= trains without validation" if key == "val_split" else ""
+                raise DataError(f"data.{key}={name}: {data.root} has no split {name!r} "
+                                f"(has {', '.join(splits)}{hint})")
         val = splits[data.val_split] if data.val_split else None
         if val is not None:
             val = subset(val, self.config.train.eval_max_samples)
