@@ -116,6 +116,10 @@ def test_box_iou_and_generalized_iou_by_hand():
     assert generalized_box_iou([[0, 0, 2, 2]], [[4, 3, 4, 3]]) == [[pytest.approx(-8 / 12)]]
     with pytest.raises(ValueError, match="a box has 4 numbers"):
         box_iou([[0, 0, 1]], a)
+    # One box given flat instead of as a list of one box: a ValueError saying so, not
+    # "object of type 'int' has no len()".
+    with pytest.raises(ValueError, match=r"expected a list of boxes.*\[\[x1, y1, x2, y2\]\]"):
+        box_iou([0, 0, 2, 2], a)
 
 
 def test_two_boxes_without_area_match_as_in_the_official_loop():

@@ -19,6 +19,9 @@ def as_boxes(boxes: Iterable) -> list[Box]:
         boxes = boxes.tolist()  # exact Python floats, not slow numpy scalars
     out = []
     for box in boxes:
+        if not hasattr(box, "__len__"):  # one flat (x1, y1, x2, y2), not a list of boxes
+            raise ValueError(f"expected a list of boxes, each (x1, y1, x2, y2), got {boxes!r} "
+                             "(one box is [[x1, y1, x2, y2]])")
         if len(box) != 4:
             raise ValueError(f"a box has 4 numbers (x1, y1, x2, y2), got {box!r}")
         out.append(tuple(float(v) for v in box))
