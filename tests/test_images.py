@@ -197,6 +197,10 @@ def test_not_an_image_and_missing(tmp_path):
         load_image(tmp_path / "notes.jpg")
     with pytest.raises(DataError, match=r"nope\.png: file not found"):
         load_image(tmp_path / "nope.png")
+    (tmp_path / "empty.png").write_bytes(b"")  # a download that wrote nothing
+    with pytest.raises(DataError, match=r"empty\.png: empty file \(0 bytes\)"):
+        load_image(tmp_path / "empty.png")
+    assert "empty file" in check_image(tmp_path / "empty.png")
     with pytest.raises(DataError, match="folder"):
         load_image(tmp_path)
 

@@ -103,6 +103,8 @@ def _open(path: Path, where: str) -> Image.Image:
     except IsADirectoryError:
         raise DataError(f"{where}: is a folder, not an image") from None
     except UnidentifiedImageError:
+        if _is_empty(path):  # a download or copy that wrote nothing
+            raise DataError(f"{where}: empty file (0 bytes), not an image") from None
         raise DataError(f"{where}: not an image file (or an unsupported format)") from None
     except _ERRORS as exc:
         raise DataError(f"{where}: cannot open image ({exc})") from None
@@ -114,6 +116,13 @@ def _open(path: Path, where: str) -> Image.Image:
             f"{MAX_PIXELS // 2**20} MP"
         )
     return img
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _orientation(img: Image.Image) -> int:
