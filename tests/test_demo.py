@@ -77,3 +77,28 @@ def test_demo_refuses_bad_numbers_before_writing_anything(tmp_path, capsys, opti
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--images", "3"], "--images 3: need at least 4 (one per split)"),
+    (["--size", "16"], "--size 16: need at least 32 pixels"),
+    (["model.encoder_heads=3"], "model.encoder_heads=3: must divide model.hidden_dim=64"),
+    (["model.thresholds.mask=3"], "model.thresholds.mask=3.0: expected a number in [0, 1]"),
+])
+def test_demo_refuses_what_synth_or_training_would_before_generating_data(tmp_path, capsys,
+                                                                         option, message):
+    # The default demo draws 5,000 images first: a value that synth or training refuses
+    # must stop it before that, not after.
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-progress", *option]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "1/4" not in err
+    assert not out.exists()
+
+
+def test_demo_refuses_an_out_that_is_a_file_before_generating_data(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.write_text("")
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not a folder" in err and "1/4" not in err

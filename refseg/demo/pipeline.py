@@ -89,22 +89,26 @@ def comparison_table(report: DemoReport) -> str:
 
 def run_demo(options: DemoOptions) -> DemoReport:
     from refseg.data.load import load_split
-    from refseg.data.synth import generate
+    from refseg.data.synth import check_arguments, generate
     from refseg.engine.evaluate import score
-    from refseg.engine.trainer import train
-    from refseg.io.atomic import write_json
+    from refseg.engine.trainer import check_model_config, train
+    from refseg.io.atomic import check_output, write_json
     from refseg.io.predictions import write_predictions
 
     out = Path(options.out)
     data_dir = out / "synth"
     say = _printer()
     config = build_config(options, data_dir)
-    if (out / "run" / "checkpoints").exists():  # before minutes of generating data
+    # Everything that needs no data is checked before minutes of generating it.
+    check_output(out, folder=True)
+    check_model_config(config)
+    if (out / "run" / "checkpoints").exists():
         raise ConfigError(f"{out / 'run'}: holds the model of an earlier demo; remove it "
                           f"(rm -r {out}) or give another --out")
     # Images at the network's input side by default: scoring at the original size then
     # measures the model, not the upsampling of its stride-4 masks to a larger image.
     size = options.size or config.data.image_size
+    check_arguments("grefcoco", options.images, size, options.seed)
     say(f"1/4 synthetic benchmark ({options.images} images of {size} px) -> {data_dir}")
     generate(data_dir, layout="grefcoco", images=options.images, size=size, seed=options.seed)
 

@@ -157,11 +157,17 @@ def resolve_config(spec: str, overrides: list[str]) -> RunConfig:
     else:
         config = variant(spec)
     config = config_io.apply_overrides(config, list(overrides))
+    check_model_config(config)  # before minutes of loading data, and for --print-config
+    return config
+
+
+def check_model_config(config: RunConfig) -> None:
+    """Raise ConfigError on a model setting the method cannot be built with (its config's
+    ``validate``) or a decision threshold outside [0, 1]: what needs no data to check."""
     validate = getattr(config.model, "validate", None)
-    if validate is not None:  # before minutes of loading data, and for --print-config
+    if validate is not None:
         validate()
     checkpoint.thresholds_of(config.model).check("model.thresholds")
-    return config
 
 
 def check_resumable(config: RunConfig, saved: RunConfig, where: Path) -> None:

@@ -60,7 +60,7 @@ def generate(out: str | Path, *, layout: str = "grefcoco", images: int = 1000,
     Raises:
         ConfigError: an argument is out of range.
     """
-    _check(layout, images, size, seed)
+    check_arguments(layout, images, size, seed)
     if not str(out):
         raise ConfigError("--out is empty (give the data directory to write)")
     out = Path(out)
@@ -95,7 +95,8 @@ def _refuse_foreign_benchmark(out: Path) -> None:
                           "write (no synth_scenes.json); choose another folder")
 
 
-def _check(layout, images, size, seed):
+def check_arguments(layout: str, images: int, size: int, seed: int) -> None:
+    """Raise ConfigError on an argument `generate` refuses, before any work."""
     if layout not in FORMATS:
         raise ConfigError(f"unknown layout {layout!r} (one of {', '.join(FORMATS)})")
     if images < MIN_IMAGES:
