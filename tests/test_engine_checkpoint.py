@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -183,6 +184,25 @@ def test_foreign_files_and_folders_are_not_checkpoints(tmp_path):
     (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(CheckpointError, match="not a refseg checkpoint config"):
         checkpoint.load(tmp_path / "other")
+
+
+def test_a_run_without_a_checkpoint_is_named_as_such(parts, tmp_path):
+    # A run directory holds the run's config.json from its start; until the first
+    # checkpoint, loading it must say that, not that its config.json is malformed.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(
+        {"method": "tinyfilm", "model": {}, "data": {}, "train": {}}))
+    message = "run: a training run without a checkpoint (no intact checkpoints/best or " \
+              "checkpoints/last)"
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        checkpoint.load(run)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last").symlink_to("iter_0000500")  # its target never written
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        checkpoint.load(run)
+    write(run / "checkpoints" / "iter_0000500", parts)
+    assert checkpoint.resolve(run) == run / "checkpoints" / "last"
 
 
 def test_train_state_loads_weights_only_and_truncation_is_an_error(parts, tmp_path):

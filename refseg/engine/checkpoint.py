@@ -199,12 +199,26 @@ def resolve(path: str | Path) -> Path:
             f"{CONFIG} (foreign weights are read by the methods' converters)"
         )
     run_dir = (path / "checkpoints").is_dir()
-    if (path / WEIGHTS).exists() or ((path / CONFIG).exists() and not run_dir):
+    if (path / WEIGHTS).exists() or ((path / CONFIG).exists() and not run_dir
+                                     and not _is_run_config(path / CONFIG)):
         return path
     for name in ("best", "last"):
         if (path / "checkpoints" / name / CONFIG).exists():
             return path / "checkpoints" / name
+    if run_dir or (path / CONFIG).exists():  # a run that has not saved a checkpoint (yet)
+        raise CheckpointError(f"{path}: a training run without a checkpoint (no intact "
+                              "checkpoints/best or checkpoints/last)")
     raise CheckpointError(f"{path}: not a refseg checkpoint or run directory (no {WEIGHTS})")
+
+
+def _is_run_config(file: Path) -> bool:
+    """Whether ``file`` is a run's config.json (the resolved config, with ``method`` at the
+    top), not a checkpoint's (``format``, ``method``, ``config``, ...)."""
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError, RecursionError):
+        return False  # read_meta names the problem
+    return isinstance(data, dict) and "format" not in data and "train" in data
 
 
 def read_meta(path: str | Path) -> dict:
