@@ -37,6 +37,24 @@ def test_greedy_takes_the_global_maximum_not_the_best_assignment():
     assert greedy_matches(np.ones((3, 1)), 0.5) == 1
 
 
+def test_equal_scores_rank_the_larger_box_first_as_the_official_sort():
+    """summarize sorts (score, box) pairs in reverse: of two boxes with one score, the one
+    greater in (x1, y1, x2, y2) order is row 0 and wins a GIoU tie, whatever the input
+    order. Here both tie at 100 / 110 on x; the winner is retired with x, and the other
+    must then match y: upper 80 / 150 = 0.533 would, lower 70 / 160 = 0.4375 does not."""
+    x, y = [0.0, 1.0, 10.0, 11.0], [0.0, 4.0, 10.0, 16.0]
+    upper, lower = [0.0, 1.0, 10.0, 12.0], [0.0, 0.0, 10.0, 11.0]
+    assert generalized_box_iou([upper, lower], [x, y]) == [
+        [pytest.approx(100 / 110), pytest.approx(80 / 150)],
+        [pytest.approx(100 / 110), pytest.approx(70 / 160)],
+    ]
+    # upper (y1 1 > 0) ranks first, takes x; lower vs y is below 0.5: TP 1 of 2.
+    for boxes in ([lower, upper], [upper, lower]):
+        assert match_boxes(boxes, [0.9, 0.9], [x, y], score_thr=0.7, iou_thr=0.5) == (2, 1)
+    # A higher score still ranks first: lower takes x, upper then matches y.
+    assert match_boxes([upper, lower], [0.9, 0.95], [x, y], score_thr=0.7, iou_thr=0.5) == (2, 2)
+
+
 def test_generalized_iou_of_exactly_the_threshold_matches():
     # The lower half of A: IoU 50 / 100 and an enclosing box equal to A, so GIoU is exactly
     # 0.5; the official loop stops only below the threshold.

@@ -38,6 +38,16 @@ def test_rec_uses_the_top_scoring_box_only():
     assert top_box_iou([], [], [A]) == 0.0
 
 
+def test_rec_equal_scores_take_the_larger_box_as_the_official_sort():
+    # The official evaluators sort (score, box) pairs in reverse and take the first: of
+    # two boxes with the top score, the one greater in (x1, y1, x2, y2) order, whatever
+    # the input order. [5, 5, 15, 15] overlaps A by 25 / 175.
+    far = [5.0, 5.0, 15.0, 15.0]
+    for boxes in ([A, far], [far, A]):
+        assert top_box_iou(boxes, [0.9, 0.9], [A]) == pytest.approx(25 / 175)
+    assert top_box_iou([far, A], [0.9, 0.95], [A]) == 1.0
+
+
 def test_rec_by_hand():
     acc = RECAccumulator()
     acc.update(1, [A], [0.2], [A])  # IoU 1 (a low score does not matter)

@@ -20,7 +20,7 @@ def greedy_matches(giou: Sequence[Sequence[float]], iou_thr: float) -> int:
 
     Up to min(K, G) times: take the global maximum of the K x G GIoU matrix; stop when it
     is below ``iou_thr``; otherwise count a match and retire its row and column.
-    Ties go to the first maximum in row-major order (rows sorted by descending score). A
+    Ties go to the first maximum in row-major order (rows as `match_boxes` sorts them). A
     NaN (two boxes without area) ranks above every number and is not below the threshold,
     as in the official ``torch.topk`` loop: a match.
     """
@@ -57,8 +57,9 @@ def match_boxes(pred_boxes, pred_scores, gt_boxes, *, score_thr: float,
                                  else pred_scores)]
     if len(scores) != len(boxes):
         raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
-    # Descending score, ties in input order (a stable sort).
-    order = sorted(range(len(boxes)), key=lambda k: -scores[k])
+    # As summarize's sorted(zip(scores, boxes), reverse=True): descending score, equal
+    # scores by descending box (x1, then y1, x2, y2); row order settles GIoU ties.
+    order = sorted(range(len(boxes)), key=lambda k: (scores[k], boxes[k]), reverse=True)
     kept = [boxes[k] for k in order if scores[k] >= score_thr]
     gt = as_boxes(gt_boxes)
     if not kept or not gt:

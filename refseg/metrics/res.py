@@ -68,15 +68,16 @@ class RESAccumulator(Accumulator):
 def top_box_iou(pred_boxes, pred_scores, gt_boxes) -> float:
     """Box IoU of the top-scoring prediction with the ground truth (0 without boxes).
 
-    Ties go to the first box. With several ground-truth boxes (never in RefCOCO) the
-    best-overlapping one counts.
+    Equal top scores go to the box greater in (x1, y1, x2, y2) order, the first of the
+    official evaluators' sorted(zip(scores, boxes), reverse=True). With several
+    ground-truth boxes (never in RefCOCO) the best-overlapping one counts.
     """
     boxes = as_boxes(pred_boxes)
     scores = list(pred_scores.tolist() if hasattr(pred_scores, "tolist") else pred_scores)
     gt = as_boxes(gt_boxes)
     if not boxes or not gt:
         return 0.0
-    top = max(range(len(boxes)), key=lambda k: (scores[k], -k))
+    top = max(range(len(boxes)), key=lambda k: (scores[k], boxes[k]))
     return max(box_iou([boxes[top]], gt)[0])
 
 
