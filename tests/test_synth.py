@@ -310,6 +310,9 @@ def test_interrupted_run_leaves_no_refs_file(tmp_path, monkeypatch):
     assert not (out / "refs(unc).p").exists()  # stale refs of the previous run are gone
     assert not (out / "grefs(unc).json").exists()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    generate(tmp_path, layout="grefcoco", images=4, size=48)  # what it left is its own
+    assert (out / "grefs(unc).json").is_file()
 
 
 def test_argument_errors(tmp_path):
@@ -335,11 +338,17 @@ def test_a_benchmark_synth_did_not_write_is_not_overwritten(tmp_path):
     real.mkdir()
     for name in ("refs(unc).p", "refs(google).p", "instances.json"):
         (real / name).write_text("the user's own")
-    with pytest.raises(ConfigError, match=r"holds refs\(google\)\.p, refs\(unc\)\.p that "
-                                          r"refseg synth did not write"):
+    with pytest.raises(ConfigError, match=r"holds instances\.json, refs\(google\)\.p, "
+                                          r"refs\(unc\)\.p that refseg synth did not write"):
         generate(real, layout="refcoco", images=4, size=48)
     assert all((real / n).read_text() == "the user's own"
                for n in ("refs(unc).p", "refs(google).p", "instances.json"))
+    coco = tmp_path / "coco"  # annotations alone, the refs file kept elsewhere
+    coco.mkdir()
+    (coco / "instances.json").write_text("the user's own")
+    with pytest.raises(ConfigError, match=r"holds instances\.json that refseg synth did not"):
+        generate(coco, layout="refcoco", images=4, size=48)
+    assert (coco / "instances.json").read_text() == "the user's own"
     again = generate(tmp_path / "mine", layout="refcoco", images=4, size=48)
     generate(again, layout="grefcoco", images=4, size=48)  # its own output: rewritten
     assert (again / "grefs(unc).json").is_file() and not (again / "refs(unc).p").exists()

@@ -69,27 +69,28 @@ def generate(out: str | Path, *, layout: str = "grefcoco", images: int = 1000,
         (out / "images").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot create {out / 'images'} ({exc.strerror})") from None
-    for name in {*REFS_FILES.values(), SCENES_FILE}:
+    for name in REFS_FILES.values():
         (out / name).unlink(missing_ok=True)  # no stale refs file may present this as done
 
     records = _build(layout, images, size, seed, out / "images")
     _remove_stale_images(out / "images", {r.file_name for r in records})
-    write_json(out / "instances.json", instances(records), indent=None)
-    refs = ref_records(layout, records)
+    # The scenes file first: it marks the folder as this generator's, so that a run
+    # killed before the refs file can be repeated over what it left.
     write_json(out / SCENES_FILE, _scenes_file(layout, images, size, seed, records),
                indent=1)
-    write_refs(out / REFS_FILES[layout], layout, refs)
+    write_json(out / "instances.json", instances(records), indent=None)
+    write_refs(out / REFS_FILES[layout], layout, ref_records(layout, records))
     return out
 
 
 def _refuse_foreign_benchmark(out: Path) -> None:
-    """A folder holding a refs file but no ``synth_scenes.json`` is a benchmark this
-    generator did not write (it writes the scenes file before any refs file): replacing
-    its refs and instances.json would destroy it."""
+    """A folder holding a refs file or an ``instances.json`` but no ``synth_scenes.json``
+    holds annotations this generator did not write (it writes the scenes file before
+    either): replacing them would destroy them."""
     if not out.is_dir() or (out / SCENES_FILE).exists():
         return
     foreign = sorted({p.name for p in out.glob("*refs(*)*")} | {
-        name for name in REFS_FILES.values() if (out / name).exists()})
+        name for name in (*REFS_FILES.values(), "instances.json") if (out / name).exists()})
     if foreign:
         raise ConfigError(f"--out {out}: holds {', '.join(foreign)} that refseg synth did not "
                           "write (no synth_scenes.json); choose another folder")
