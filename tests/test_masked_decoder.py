@@ -67,12 +67,13 @@ def ours_to_transformers(state):
     return out
 
 
-@pytest.mark.parametrize("in_channels", [32, 40])
-def test_matches_transformers_mask2former_decoder(in_channels):
+@pytest.mark.parametrize("in_channels,pre_norm", [(32, False), (40, False), (32, True)])
+def test_matches_transformers_mask2former_decoder(in_channels, pre_norm):
     torch.manual_seed(0)
-    ours = tiny(in_channels=in_channels).double().eval()
+    ours = tiny(in_channels=in_channels, pre_norm=pre_norm).double().eval()
     config = Mask2FormerConfig(hidden_dim=32, mask_feature_size=24, num_queries=5,
-                               decoder_layers=5, num_attention_heads=4, dim_feedforward=64)
+                               decoder_layers=5, num_attention_heads=4, dim_feedforward=64,
+                               pre_norm=pre_norm)
     ref = Mask2FormerTransformerModule(in_channels, config).double().eval()
     with torch.no_grad():
         for p in ours.parameters():
