@@ -3,6 +3,7 @@ check), probability, determinism."""
 
 import math
 
+import numpy as np
 import pytest
 
 from refseg.data.load import load_split
@@ -109,6 +110,11 @@ def test_no_target_inputs_untouched():
     nsc = NonReferentConversion([(2, "man on a horse")], p=1.0)
     nt = sample(ann_ids=(), no_target=True)
     assert all(nsc(nt, index=i) is nt for i in range(20))
+    # without drawing from the sample's generator
+    rng = np.random.default_rng(4)
+    before = rng.bit_generator.state
+    assert nsc.convert(nt, rng) is nt
+    assert rng.bit_generator.state == before
 
 
 def test_probability_close_to_p():
@@ -142,5 +148,8 @@ def test_from_samples_pool():
 
 
 def test_rejects_bad_probability():
-    with pytest.raises(ValueError):
-        NonReferentConversion([], p=1.5)
+    for p in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=rf"NSC probability {p} is not in \[0, 1\]"):
+            NonReferentConversion([], p=p)
+    for p in (0.0, 1.0):  # the bounds themselves are probabilities
+        assert NonReferentConversion([], p=p).p == p
