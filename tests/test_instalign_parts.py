@@ -47,7 +47,13 @@ def test_poa_aligned_query_has_zero_distance_and_grad_flows():
     assert dist[0, 0].item() == pytest.approx(0.0, abs=1e-6)
     assert dist[0, 1].item() == pytest.approx(1.0, abs=1e-6)  # orthogonal
     dist.sum().backward()
-    assert q.grad is not None and words.grad is not None
+    assert q.grad.abs().sum() > 0 and words.grad.abs().sum() > 0
+    # the gradients are those of Eqs. 2-4, through R and through P = R T alike
+    gen = torch.Generator().manual_seed(0)
+    q64 = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    w64 = torch.randn(2, 5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    pad5 = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    assert torch.autograd.gradcheck(lambda a, b: poa_distance(a, b, pad5), (q64, w64))
 
 
 def test_poa_all_padding_gives_finite_values():
