@@ -190,7 +190,10 @@ def hf_swin(tmp_path, **config):
     return hf
 
 
-def test_hf_layout_matches_transformers_swin(tmp_path):
+# 96 x 96: stage 4 is 3x3, padded to one 4x4 window, shifted. 70 x 50: the image is padded
+# to 72 x 52 for the patches, and odd maps (13, 9, 7, 5) are padded for patch merging.
+@pytest.mark.parametrize("size", [(96, 96), (70, 50)])
+def test_hf_layout_matches_transformers_swin(tmp_path, size):
     hf = hf_swin(tmp_path)
     model = SwinBackbone(swin_config_from_hf(tmp_path)).eval()
     report = load_swin(model, tmp_path, layout="hf")
@@ -199,7 +202,7 @@ def test_hf_layout_matches_transformers_swin(tmp_path):
     assert sorted(k for keys in report.fresh.values() for k in keys) == sorted(
         f"norm{s}.{p}" for s in range(4) for p in ("bias", "weight")
     )
-    images = torch.randn(2, 3, 96, 96)  # stage 4 is 3x3: padded to one 4x4 window, shifted
+    images = torch.randn(2, 3, *size)
     with torch.no_grad():
         # The backbone setting of transformers' Swin: keep shifted windows at every size,
         # take each stage before its patch merging.
