@@ -244,6 +244,21 @@ def test_infer_and_decide():
     assert len(decisions) == 4
     for d, scores in zip(decisions, inference.instance_scores):
         assert d.instance_logits.shape[0] == int((scores > 0.5).sum())
+    # docs/instalign.md: no target when sigmoid(z) > thresholds.no_target, instances with
+    # p_i > thresholds.instance; both strictly, both read from this call's thresholds. Each
+    # threshold equals one score, so that score is on the kept side only if >= were used.
+    probs = inference.no_target_prob
+    no_target_at = float(probs.sort().values[1])
+    instance_at = float(inference.instance_scores[0].sort().values[-2])
+    from refseg.modeling.base import Thresholds
+
+    decisions = model.decide(inference, Thresholds(no_target=no_target_at, instance=instance_at))
+    for d, p, scores in zip(decisions, probs, inference.instance_scores):
+        assert d.no_target_score == float(p)
+        assert d.no_target == (float(p) > no_target_at)
+        assert torch.equal(d.instance_scores, scores[scores > instance_at])
+    assert [d.no_target for d in decisions].count(True) == 2
+    assert decisions[0].instance_scores.numel() == 1
 
 
 def test_param_groups_backbone_lr_and_no_decay():
