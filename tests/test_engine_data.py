@@ -71,6 +71,27 @@ def test_targets_at_network_size_map_back_onto_the_ground_truth(train_split):
     assert sum(ious) / len(ious) > 0.8, ious
 
 
+def test_targets_of_a_wide_image_scale_x_by_its_width_and_y_by_its_height(tmp_path):
+    """The synthetic images are square; on a 20 x 30 image (h x w) a swap of the two sides
+    moves every box and mask. Hand-computed at S = 10: x shrinks by 3, y by 2."""
+    from builders import IMAGES, rect_mask, tiny_benchmark, write_images
+
+    data = tiny_benchmark("grefcoco", tmp_path)
+    write_images(data / "images", IMAGES)
+    split = load_split("grefcoco", data, "train", images=data / "images")
+    index = next(i for i, s in enumerate(split.samples) if s.sent_id == 1)  # referents 11, 12
+    item = RefSegData(split, 10)[index]
+    assert (item.height, item.width) == (20, 30)
+    # 11: (2, 2)-(10, 8); 12: (12, 4)-(24, 16), the box of its two rectangles
+    expected = torch.tensor([[2 / 30, 2 / 20, 10 / 30, 8 / 20], [12 / 30, 4 / 20, 24 / 30, 16 / 20]])
+    assert torch.allclose(item.targets.boxes, expected)
+    # 11 covers rows 1..3 whole and columns 1..2 whole (columns 0 and 3 a third each)
+    np.testing.assert_array_equal(item.targets.masks[0].bool().numpy(),
+                                  rect_mask(10, 10, (1, 1, 3, 4)))
+    rows, cols = item.targets.masks[1].nonzero().unbind(1)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (2, 7, 4, 7)
+
+
 def test_a_tiny_referent_stays_a_non_empty_target_at_network_size():
     masks = np.zeros((3, 480, 480), bool)
     masks[0, 100:103, 200:203] = True  # 3 x 3 pixels: a fifth of one 32-px cell at most
