@@ -95,6 +95,18 @@ def test_other_pixel_formats_are_handled(predictor, picture, tmp_path, mode):
     image.save(path)
     result = predictor.predict(path, SENTENCE)
     assert result.mask.shape == (20, 30)
+    # the RGB picture each mode stands for: 16-bit grey scaled to 8 bits (not clipped to
+    # white), grey repeated over three channels, alpha dropped, the palette looked up
+    if mode == "I;16":
+        expected = np.repeat(picture[..., :1], 3, axis=2)
+    elif mode == "L":
+        expected = np.repeat(np.asarray(image)[..., None], 3, axis=2)
+    elif mode == "RGBA":
+        expected = picture
+    else:  # CMYK (lossy JPEG) and P: Pillow's conversion of what the file holds
+        expected = np.asarray(Image.open(path).convert("RGB"))
+    same(result, predictor.predict(expected, SENTENCE))
+    assert not np.array_equal(result.mask, predictor.predict(255 - expected, SENTENCE).mask)
 
 
 def test_corrupt_and_missing_images_name_the_file(predictor, picture, tmp_path):
