@@ -32,6 +32,9 @@ def test_demo_writes_every_file_and_scores_beside_the_baselines(tmp_path):
     # All-empty is right on every no-target sentence and on nothing else.
     assert saved["baselines"]["all-empty"]["N-acc"] == 100.0
     assert saved["baselines"]["all-empty"]["T-acc"] == 0.0
+    # Whole-image is the other way round.
+    assert saved["baselines"]["whole-image"]["N-acc"] == 0.0
+    assert saved["baselines"]["whole-image"]["T-acc"] == 100.0
     # The benchmark is drawn at the network's input side (instalign-tiny: 64 px).
     image = next((out / "synth" / "images").glob("*.png"))
     assert Image.open(image).size == (64, 64)
@@ -61,6 +64,30 @@ def test_verdict_judges_the_four_gres_headline_metrics_against_each_baseline():
     assert DemoReport("out", model, baselines).beats_baselines  # a Pr@0.9 tie is not judged
     for key, value in [("gIoU", 10.0), ("cIoU", 2.0), ("N-acc", 0.0), ("T-acc", 0.0)]:
         assert not DemoReport("out", {**model, key: value}, baselines).beats_baselines, key
+
+
+def test_baselines_answer_nothing_or_the_whole_picture_hand_scored(tmp_path):
+    """gRefCOCO's tiny train split: sentences 1 and 2 name boxes 11 and 12 (48 + 112 of the
+    600 pixels of their 20 x 30 image), sentence 3 nothing."""
+    from builders import tiny_benchmark
+
+    from refseg.data.load import load_split
+    from refseg.data.masks import rle_to_mask
+    from refseg.demo.baselines import all_empty, whole_image
+    from refseg.engine.evaluate import score
+
+    split = load_split("grefcoco", tiny_benchmark("grefcoco", tmp_path), "train")
+    empty, whole = all_empty(split), whole_image(split)
+    for sample, e, w in zip(split.samples, empty, whole, strict=True):
+        assert e.sent_id == w.sent_id == sample.sent_id
+        assert e.no_target and e.instances == [] and not w.no_target
+        assert rle_to_mask(e.mask).shape == rle_to_mask(w.mask).shape == (20, 30)
+        assert not rle_to_mask(e.mask).any() and rle_to_mask(w.mask).all()
+        assert [(i.box, i.score) for i in w.instances] == [((0.0, 0.0, 30.0, 20.0), 1.0)]
+    by_empty, by_whole = score(split, empty), score(split, whole)
+    assert by_empty["gIoU"] == pytest.approx(100 / 3)  # right on the no-target sentence only
+    assert by_whole["gIoU"] == pytest.approx(100 * (2 * 160 / 600) / 3)
+    assert by_whole["cIoU"] == pytest.approx(100 * 2 * 160 / (2 * 600 + 600))
 
 
 @pytest.mark.parametrize(("option", "message"), [
