@@ -233,6 +233,13 @@ def test_position_interpolation_identity_and_384(tmp_path):
     table = torch.randn(14 * 14, 8)
     same = resize_patch_positions(table, (14, 14), (14, 14))
     torch.testing.assert_close(same, table, rtol=0, atol=1e-5)
+    # Another size: the official resize, the rows of a 4 x 6 (h x w) grid as a (1, C, h, w)
+    # picture, bicubic with corners not aligned (bilinear or a swapped grid gives others).
+    wide = torch.randn(4 * 6, 8)
+    picture = wide.reshape(4, 6, 8).permute(2, 0, 1)[None]
+    official = F.interpolate(picture, size=(7, 3), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(resize_patch_positions(wide, (4, 6), (7, 3)),
+                               official[0].permute(1, 2, 0).reshape(7 * 3, 8), rtol=0, atol=1e-6)
 
     model = tiny(img_size=224, patch_size=16)
     images, ids, pad = inputs(side=384)
