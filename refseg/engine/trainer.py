@@ -257,7 +257,7 @@ class Trainer:
         config_io.check_at_least(data, "data", ("num_workers",), 0)
         if not 0.0 <= data.nsc_prob <= 1.0:
             raise ConfigError(f"data.nsc_prob={data.nsc_prob}: must be in [0, 1]")
-        checkpoint.thresholds_of(self.config.model).check("model.thresholds")
+        check_model_config(self.config)  # also for train() called without resolve_config
         if cfg.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"train.amp={cfg.amp}: expected none, bf16 or fp16")
         if cfg.amp != "none" and self.ctx.device.type != "cuda":

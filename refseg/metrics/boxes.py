@@ -13,6 +13,13 @@ from collections.abc import Iterable, Sequence
 Box = tuple[float, float, float, float]
 
 
+def score_order(boxes: Sequence[Box], scores: Sequence[float]) -> list[int]:
+    """Indices of ``boxes`` as the official evaluators rank predictions, MDETR's
+    ``sorted(zip(scores, boxes), reverse=True)``: descending score, equal scores by the
+    box greater in (x1, y1, x2, y2) order, whatever the input order."""
+    return sorted(range(len(boxes)), key=lambda k: (scores[k], boxes[k]), reverse=True)
+
+
 def as_boxes(boxes: Iterable) -> list[Box]:
     """A list of float 4-tuples from an (N, 4) array or a sequence of 4-sequences."""
     if hasattr(boxes, "tolist"):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from refseg.metrics.accumulator import Accumulator, percent
-from refseg.metrics.boxes import as_boxes, generalized_box_iou
+from refseg.metrics.boxes import as_boxes, generalized_box_iou, score_order
 
 
 def greedy_matches(giou: Sequence[Sequence[float]], iou_thr: float) -> int:
@@ -57,9 +57,7 @@ def match_boxes(pred_boxes, pred_scores, gt_boxes, *, score_thr: float,
                                  else pred_scores)]
     if len(scores) != len(boxes):
         raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
-    # As summarize's sorted(zip(scores, boxes), reverse=True): descending score, equal
-    # scores by descending box (x1, then y1, x2, y2); row order settles GIoU ties.
-    order = sorted(range(len(boxes)), key=lambda k: (scores[k], boxes[k]), reverse=True)
+    order = score_order(boxes, scores)  # as summarize sorts them; row order settles GIoU ties
     kept = [boxes[k] for k in order if scores[k] >= score_thr]
     gt = as_boxes(gt_boxes)
     if not kept or not gt:

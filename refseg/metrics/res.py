@@ -17,7 +17,7 @@ from refseg.metrics.accumulator import (
     sample_iou,
     threshold_key,
 )
-from refseg.metrics.boxes import as_boxes, box_iou
+from refseg.metrics.boxes import as_boxes, box_iou, score_order
 from refseg.metrics.rle import overlap
 
 RES_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -69,7 +69,7 @@ def top_box_iou(pred_boxes, pred_scores, gt_boxes) -> float:
     """Box IoU of the top-scoring prediction with the ground truth (0 without boxes).
 
     Equal top scores go to the box greater in (x1, y1, x2, y2) order, the first of the
-    official evaluators' sorted(zip(scores, boxes), reverse=True). With several
+    official evaluators' ranking (`score_order`). With several
     ground-truth boxes (never in RefCOCO) the best-overlapping one counts.
     """
     boxes = as_boxes(pred_boxes)
@@ -77,7 +77,7 @@ def top_box_iou(pred_boxes, pred_scores, gt_boxes) -> float:
     gt = as_boxes(gt_boxes)
     if not boxes or not gt:
         return 0.0
-    top = max(range(len(boxes)), key=lambda k: (scores[k], boxes[k]))
+    top = score_order(boxes, scores)[0]
     return max(box_iou([boxes[top]], gt)[0])
 
 
